@@ -1,0 +1,1 @@
+"""Built-in strategy ``beam``: beam search (filled in by the beam-search work)."""

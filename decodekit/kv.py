@@ -1,0 +1,177 @@
+"""A causal LM with a KV cache over a batch of rows whose committed lengths differ.
+
+The engine keeps one of these for the target model; plugins that run a second forward (a draft
+model, guidance's unconditional branch) keep their own. It is the single rollback mechanism of
+the project: a forward feeds each row's *pending* tokens (committed but not yet cached) followed
+by its draft (a chain or a tree); ``commit`` then keeps the pending tokens and the accepted draft
+nodes and turns every other new column into a hole.
+
+Layout. The cache has ``C`` columns shared by all rows. ``col_valid [B, C]`` (bool) says which
+columns hold a real token of each row; invalid columns are left padding or rejected draft slots,
+and no query attends to them. ``next_pos [B]`` is the position id of each row's next token (its
+number of valid columns), so positions stay those of the unpadded sequence. Columns that are
+invalid in every row at the end of the cache are cropped, so a single row with chain drafts never
+accumulates holes and runs with no attention mask at all (the model's own causal fast path).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from decodekit.types import Draft
+
+
+class CachedLM:
+    """Wraps ``model`` (any ``AutoModelForCausalLM``) for ``batch_size`` rows.
+
+    Example::
+
+        lm = CachedLM(model, batch_size=1)
+        logits = lm.forward([[1, 2, 3]], [None])   # [1, 1, V]: next-token logits after 1 2 3
+        lm.commit([[]])                          # keep 1 2 3 in the cache
+        logits = lm.forward([[4]], [Draft.chain([5, 6])])  # [1, 3, V]: after 4, after 5, after 6
+        lm.commit([[0]])                         # keep 4 and 5; 6's column is dropped
+    """
+
+    def __init__(self, model: torch.nn.Module, batch_size: int, pad_token_id: int = 0):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.pad_token_id = pad_token_id
+        self.cache = None
+        self.col_valid = torch.zeros(batch_size, 0, dtype=torch.bool, device=self.device)
+        self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        self._last: tuple[int, int, torch.Tensor] | None = None  # (P, N, new_valid) of the last forward
+
+    @property
+    def batch_size(self) -> int:
+        return self.col_valid.shape[0]
+
+    @torch.inference_mode()
+    def forward(self, pending: list[list[int]], drafts: list[Draft | None] | None = None) -> torch.Tensor:
+        """Feed each row's pending tokens then its draft; return logits ``[B, 1 + N, V]`` (float32).
+
+        Position 0 is the logits after the last pending token; position ``1 + i`` the logits after
+        draft node ``i`` (rows with shorter drafts are padded: ignore those positions).
+        """
+        B = self.batch_size
+        if len(pending) != B:
+            raise ValueError(f"expected pending tokens for {B} rows, got {len(pending)}")
+        drafts = drafts if drafts is not None else [None] * B
+        P = max(len(p) for p in pending)
+        if P == 0:
+            raise ValueError("every row needs at least one pending token")
+        N = max((len(d) for d in drafts if d is not None), default=0)
+
+        ids = torch.full((B, P + N), self.pad_token_id, dtype=torch.long)
+        pos = torch.zeros((B, P + N), dtype=torch.long)
+        new_valid = torch.zeros((B, P + N), dtype=torch.bool)
+        next_pos = self.next_pos.tolist()
+        for b, (toks, draft) in enumerate(zip(pending, drafts)):
+            if not toks:
+                raise ValueError(f"row {b} has no pending token")
+            n_p = len(toks)
+            ids[b, P - n_p:P] = torch.tensor(toks)
+            pos[b, P - n_p:P] = torch.arange(next_pos[b], next_pos[b] + n_p)
+            new_valid[b, P - n_p:P] = True
+            if draft is not None and len(draft):
+                n = len(draft)
+                ids[b, P:P + n] = torch.tensor(draft.tokens)
+                # a node at depth d (a root child has d = 1) sits d places after the last pending token
+                base = next_pos[b] + n_p - 1
+                pos[b, P:P + n] = torch.tensor([base + draft.depth(i) for i in range(n)])
+                new_valid[b, P:P + n] = True
+        ids, pos, new_valid = ids.to(self.device), pos.to(self.device), new_valid.to(self.device)
+
+        all_valid = torch.cat([self.col_valid, new_valid], dim=1)  # [B, C + P + N]
+        if any(d is not None and not d.is_chain for d in drafts):
+            attn = self._tree_mask(P, drafts, new_valid)
+        elif bool(all_valid.all()):
+            attn = None  # plain causal attention: the model's fastest path
+        else:
+            attn = all_valid.long()  # 2-D padding mask; causality is added by the model
+        out = self.model(
+            input_ids=ids,
+            position_ids=pos,
+            attention_mask=attn,
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=N + 1,
+        )
+        self.cache = out.cache
+        self._last = (P, N, new_valid)
+        return out.logits[:, -(N + 1):, :].float()
+
+    def _tree_mask(self, P: int, drafts: list[Draft | None], new_valid: torch.Tensor) -> torch.Tensor:
+        """Float mask ``[B, 1, P + N, C + P + N]``: 0 where a query may attend, dtype-min elsewhere.
+
+        Cached columns: attend where valid. Pending block: causal. Draft node ``i``: every pending
+        token, then exactly its ancestors and itself (tree attention). Padding queries attend to
+        themselves so that no row of the mask is empty.
+        """
+        B, C = self.col_valid.shape
+        Q = new_valid.shape[1]
+        N = Q - P
+        allow = torch.zeros((B, Q, C + Q), dtype=torch.bool)
+        allow[:, :, :C] = self.col_valid.cpu()[:, None, :]
+        causal = torch.tril(torch.ones(Q, Q, dtype=torch.bool))
+        nv = new_valid.cpu()
+        for b, draft in enumerate(drafts):
+            block = causal.clone()
+            block[:, :P] &= nv[b, None, :P]
+            block[P:, P:] = False
+            if draft is not None:
+                for i in range(len(draft)):
+                    block[P + i, [P + k for k in draft.path(i)]] = True
+            block |= torch.eye(Q, dtype=torch.bool)
+            allow[b, :, C:] = block
+        dtype = self.model.dtype if self.model.dtype.is_floating_point else torch.float32
+        mask = torch.zeros((B, 1, Q, C + Q), dtype=dtype)
+        mask.masked_fill_(~allow[:, None], torch.finfo(dtype).min)
+        return mask.to(self.device)
+
+    def commit(self, accepted: list[list[int]], source_rows: list[int] | None = None) -> None:
+        """Keep the last forward's pending tokens and, per row, the accepted draft nodes.
+
+        ``accepted[b]``: draft node indices to keep (a root-to-node path). Every other column of
+        the last forward becomes a hole. ``source_rows`` (beam search) then reorders the rows.
+        """
+        if self._last is None:
+            raise RuntimeError("commit() without a forward()")
+        P, N, new_valid = self._last
+        keep = new_valid.clone()
+        keep[:, P:] = False
+        for b, nodes in enumerate(accepted):
+            if nodes:
+                keep[b, [P + i for i in nodes]] = True
+        self.col_valid = torch.cat([self.col_valid, keep], dim=1)
+        self.next_pos = self.next_pos + keep.sum(dim=1)
+        self._last = None
+        self._crop_trailing_holes()
+        if source_rows is not None:
+            self.reorder(source_rows)
+
+    def rollback(self, lengths: list[int]) -> None:
+        """Keep only the first ``lengths[b]`` committed tokens of each row (a drafter's undo)."""
+        counts = self.col_valid.long().cumsum(dim=1)  # [B, C]: valid columns up to each column
+        limit = torch.tensor(lengths, device=self.device)[:, None]
+        self.col_valid = self.col_valid & (counts <= limit)
+        self.next_pos = torch.minimum(self.next_pos, limit[:, 0])
+        self._crop_trailing_holes()
+
+    def reorder(self, source_rows: list[int]) -> None:
+        """Row ``b`` becomes a copy of row ``source_rows[b]`` (beam search)."""
+        idx = torch.tensor(source_rows, device=self.device)
+        if self.cache is not None:
+            self.cache.reorder_cache(idx)
+        self.col_valid = self.col_valid.index_select(0, idx)
+        self.next_pos = self.next_pos.index_select(0, idx)
+
+    def _crop_trailing_holes(self) -> None:
+        any_valid = self.col_valid.any(dim=0)
+        C = self.col_valid.shape[1]
+        nz = torch.nonzero(any_valid)
+        new_len = int(nz[-1]) + 1 if len(nz) else 0
+        if new_len < C:
+            self.col_valid = self.col_valid[:, :new_len]
+            if self.cache is not None:
+                self.cache.crop(C - new_len)
