@@ -37,6 +37,7 @@ hook               called on    result
 =================  ===========  ==========================================================
 register_plugins   all plugins  none; each calls ``register(...)``
 register_models    all plugins  none; each calls ``register(alias, loader)``
+register_rewards   all plugins  none; each calls ``register(name, factory)``
 start              all plugins  none; per-call set-up
 propose            first wins   a list of drafts (one per row) or None
 rescore            chain        new logits, fed to the next plugin in pipeline order
@@ -111,6 +112,22 @@ def register_models(register: Callable[..., None]) -> None:
         @hookimpl
         def register_models(register):
             register("smollm2-135m", convert_smollm2, description="SmolLM2-135M-Instruct")
+    """
+
+
+@hookspec
+def register_rewards(register: Callable[..., None]) -> None:
+    """Register named reward functions for reward-guided decoding (``qstar``'s ``reward: <name>``).
+
+    ``register(name, factory, *, options=None, description="")``: ``factory(options, pipeline)``
+    returns a callable ``reward(texts: list[str]) -> list[float]`` (a batch of texts to a batch of
+    scores). ``options`` is a pydantic model class with ``extra="forbid"``, as for plugins.
+
+    Example::
+
+        @hookimpl
+        def register_rewards(register):
+            register("length", lambda options, pipeline: (lambda texts: [len(t) for t in texts]))
     """
 
 
@@ -228,6 +245,7 @@ def finish(generation: Generation) -> list[list[Sequence]] | None:
 HOOK_NAMES: tuple[str, ...] = (
     "register_plugins",
     "register_models",
+    "register_rewards",
     "start",
     "propose",
     "rescore",

@@ -174,4 +174,4 @@ class CachedLM:
         if new_len < C:
             self.col_valid = self.col_valid[:, :new_len]
             if self.cache is not None:
-                self.cache.crop(C - new_len)
+                self.cache.crop(-(C - new_len))  # transformers 5: a negative count removes that many

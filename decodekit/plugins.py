@@ -105,6 +105,9 @@ class Registry:
             self._collect_plugins(impl, dist)
         for impl in pm.hook.register_models.get_hookimpls():
             self._collect_models(impl)
+        self.rewards: dict[str, PluginInfo] = {}
+        for impl in pm.hook.register_rewards.get_hookimpls():
+            self._collect_rewards(impl, dists.get(id(impl.plugin)))
 
     def _collect_plugins(self, impl: pluggy.HookImpl, dist: Any) -> None:
         def register(name: str, factory: Callable[..., Any], *, options: type[BaseModel] | None = None,
@@ -138,6 +141,30 @@ class Registry:
             impl.function(register)
         except Exception as e:
             raise PluginError(impl.plugin_name, "register_models", e) from e
+
+    def _collect_rewards(self, impl: pluggy.HookImpl, dist: Any) -> None:
+        def register(name: str, factory: Callable[..., Any], *, options: type[BaseModel] | None = None,
+                     description: str = "") -> None:
+            if name in self.rewards:
+                raise ConfigError(f"reward name {name!r} is registered twice")
+            self.rewards[name] = PluginInfo(
+                name=name, factory=factory, options=options or NoOptions, kind="reward",
+                description=description, provider=impl.plugin_name,
+                distribution=dist.project_name if dist is not None else "decodekit",
+                version=dist.version if dist is not None else _host_version(),
+            )
+
+        try:
+            impl.function(register)
+        except ConfigError:
+            raise
+        except Exception as e:
+            raise PluginError(impl.plugin_name, "register_rewards", e) from e
+
+    def get_reward(self, name: str) -> PluginInfo:
+        if name not in self.rewards:
+            raise ConfigError(f"unknown reward {name!r}; known: {', '.join(sorted(self.rewards)) or '(none)'}")
+        return self.rewards[name]
 
     def get(self, name: str, kind: str = "plugin") -> PluginInfo:
         info = self.plugins.get(name)
