@@ -18,6 +18,7 @@ options model, so a typo is an error naming the file, the plugin and the field.
 
 from __future__ import annotations
 
+import difflib
 import json
 import tomllib
 from dataclasses import dataclass
@@ -66,12 +67,20 @@ class Resolved:
     plugins: list[tuple[str, PluginInfo, BaseModel]]  # (instance name, info, options)
 
 
-def _format(err: ValidationError, prefix: str) -> str:
+def _format(err: ValidationError, prefix: str, model: type[BaseModel] | None = None) -> str:
     parts = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"])
         where = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
-        msg = "unknown option" if e["type"] == "extra_forbidden" else e["msg"]
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown option"
+            known = list(model.model_fields) if model is not None else []
+            close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+            if close:
+                msg += f"; did you mean {close[0]!r}?"
+            elif known:
+                msg += f"; options are {', '.join(known)}"
         parts.append(f"{where}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" and "input" in e and not isinstance(e["input"], dict) else ""))
     return "; ".join(parts)
 
@@ -149,12 +158,14 @@ def validate(data: dict[str, Any] | PipelineConfig, source: str = "<pipeline>",
         try:
             cfg = PipelineConfig.model_validate(data)
         except ValidationError as e:
-            raise ConfigError(f"{source}: {_format(e, '')}") from None
+            raise ConfigError(f"{source}: {_format(e, '', PipelineConfig)}") from None
     strategy = _get(registry, cfg.decoding.strategy, "strategy", f"{source}: decoding.strategy")
     try:
         strategy_options = strategy.options.model_validate(cfg.decoding.strategy_options())
     except ValidationError as e:
-        raise ConfigError(f"{source}: decoding (strategy {strategy.name!r}): {_format(e, '')}") from None
+        raise ConfigError(
+            f"{source}: decoding (strategy {strategy.name!r}): {_format(e, '', strategy.options)}"
+        ) from None
     plugins = []
     seen: dict[str, int] = {}
     for i, entry in enumerate(cfg.plugins):
@@ -166,7 +177,7 @@ def validate(data: dict[str, Any] | PipelineConfig, source: str = "<pipeline>",
         try:
             options = info.options.model_validate(opts)
         except ValidationError as e:
-            raise ConfigError(f"{source}: plugins[{i}] ({name}): {_format(e, '')}") from None
+            raise ConfigError(f"{source}: plugins[{i}] ({name}): {_format(e, '', info.options)}") from None
         seen[name] = seen.get(name, 0) + 1
         instance_name = name if seen[name] == 1 else f"{name}#{seen[name]}"
         plugins.append((instance_name, info, options))

@@ -72,9 +72,14 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
 @lru_cache(maxsize=4)
 def _load(path: str, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    hf_logging.disable_progress_bar()  # a local load takes a second; its bar is noise
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    finally:
+        hf_logging.enable_progress_bar()
     model.to(device).eval()
     return model, tokenizer
 

@@ -20,7 +20,7 @@ import torch
 
 from decodekit import engine
 from decodekit.config import PipelineConfig, Resolved, apply_overrides, read_file, validate
-from decodekit.errors import ConfigError
+from decodekit.errors import ConfigError, DecodekitError
 from decodekit.generation import Generation, Limits
 from decodekit.hooks import HookRunner
 from decodekit.models import DEFAULT_MODEL, load
@@ -54,7 +54,10 @@ class Pipeline:
         self.resolved: Resolved = validate(data, source)
         self.config: PipelineConfig = self.resolved.config
         if isinstance(model, (str, Path)):
-            self.model, loaded_tok = load(str(model), device, dtype)
+            try:
+                self.model, loaded_tok = load(str(model), device, dtype)
+            except DecodekitError as e:
+                raise type(e)(f"{source}: {e}") from None
             self.tokenizer = tokenizer or loaded_tok
         else:
             if tokenizer is None:
@@ -79,14 +82,16 @@ class Pipeline:
 
     @classmethod
     def from_config(cls, config: str | Path | dict[str, Any] | PipelineConfig,
-                    overrides: list[str] | None = None, **kwargs: Any) -> "Pipeline":
+                    overrides: list[str] | None = None, *, source: str | None = None,
+                    **kwargs: Any) -> "Pipeline":
         """Build from a pipeline file (YAML/TOML/JSON) or a dict; ``overrides``: ``["key=value"]``."""
         if isinstance(config, PipelineConfig):
-            data, source = config.model_dump(), "<config>"
+            data, source_default = config.model_dump(), "<config>"
         elif isinstance(config, dict):
-            data, source = config, "<dict>"
+            data, source_default = config, "<dict>"
         else:
-            data, source = read_file(config), str(config)
+            data, source_default = read_file(config), str(config)
+        source = source or source_default
         if overrides:
             data = apply_overrides(data, overrides)
         validate(data, source)  # report errors against the file before loading a model
