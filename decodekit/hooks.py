@@ -7,7 +7,7 @@ from typing import Any
 import pluggy
 
 from decodekit import hookspecs
-from decodekit.errors import DecodekitError, PluginError
+from decodekit.errors import ConfigError, DecodekitError, PluginError
 
 
 class HookRunner:
@@ -25,7 +25,11 @@ class HookRunner:
         self.pm.add_hookspecs(hookspecs)
         self.order = {name: i for i, (name, _) in enumerate(plugins)}
         for name, obj in plugins:
-            self.pm.register(obj, name=name)
+            try:
+                self.pm.register(obj, name=name)
+            except pluggy.PluginValidationError as e:
+                msg = str(e).replace("\n", "; ")
+                raise ConfigError(f"plugin {name!r} does not match the hook specs: {msg}") from None
         self._impls: dict[str, list[pluggy.HookImpl]] = {}
         for hook in hookspecs.HOOK_NAMES:
             impls = getattr(self.pm.hook, hook).get_hookimpls()

@@ -11,6 +11,7 @@ Environment:
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -85,10 +86,12 @@ def make_plugin_manager() -> pluggy.PluginManager:
                     f"entry point {name!r} in group {ENTRY_POINT_GROUP!r} (see `decodekit plugins`)"
                 )
     elif os.environ.get("DECODEKIT_DISABLE_PLUGIN_AUTOLOAD", "") not in ("1", "true", "yes"):
-        try:
-            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-        except Exception as e:
-            raise PluginError("<entry points>", "load", e) from e
+        # one entry point at a time, so that a broken plugin is named in the error
+        for ep in sorted({ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}):
+            try:
+                pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep)
+            except Exception as e:
+                raise PluginError(ep, "load", e) from e
     return pm
 
 
