@@ -190,7 +190,8 @@ class Pipeline:
             if finished is not None:
                 seqs = [Sequence(s.token_ids, s.score, decode(s.token_ids)) for s in finished[p]]
                 best = seqs[0]
-                reason = gen.finish_reasons[p * gen.rows_per_prompt] or "length"
+                ended_eos = bool(best.token_ids) and best.token_ids[-1] in gen.limits.eos_token_ids
+                reason = "eos" if ended_eos else "length"
                 completions.append(Completion(best.text, best.token_ids, reason, seqs))
             else:
                 row = p * gen.rows_per_prompt
