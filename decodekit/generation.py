@@ -85,16 +85,16 @@ class Generation:
         """rescore (chain) → mask (AND) → warp (chain) → log-softmax: ``[B', J, V]`` log p'."""
         logits = self.hooks.chain("rescore", "logits", positions=positions, logits=logits)
         masks = [(name, m) for name, m in self.hooks.each("mask", positions=positions, logits=logits) if m is not None]
+        finished = [i for i, row in enumerate(positions.rows) if self.done[row]]
         if masks:
             allowed = masks[0][1]
             for _, m in masks[1:]:
                 allowed = allowed & m
-            finished = [i for i, row in enumerate(positions.rows) if self.done[row]]
             if finished:  # a finished row's output is ignored; keep its distribution well defined
                 allowed = allowed.clone()
                 allowed[finished] = True
-            self._check_some_allowed(positions, allowed, masks)
             logits = logits.masked_fill(~allowed, float("-inf"))
+        self._check_alive(positions, logits, masks, finished)
         logits = self.hooks.chain("warp", "logits", positions=positions, logits=logits)
         return torch.log_softmax(logits.float(), dim=-1)
 
@@ -107,23 +107,29 @@ class Generation:
         positions = Positions(self, rows, [[p] for p in paths], is_draft=True)
         return self.process(positions, logits[:, None, :])[:, 0].exp()
 
-    def _check_some_allowed(self, positions: Positions, allowed: torch.Tensor,
-                            masks: list[tuple[str, torch.Tensor]]) -> None:
-        any_allowed = allowed.any(dim=-1)  # [B', J]
+    def _check_alive(self, positions: Positions, logits: torch.Tensor,
+                     masks: list[tuple[str, torch.Tensor]], finished: list[int]) -> None:
+        """Every real position must keep a token with a finite score; else name the culprits."""
+        alive = torch.isfinite(logits).any(dim=-1)  # [B', J]
+        if bool(alive.all()):
+            return
+        skip = set(finished)
         for i in range(len(positions)):
             n = positions.length(i)
-            if bool(any_allowed[i, :n].all()):
+            if i in skip or bool(alive[i, :n].all()):
                 continue
-            j = int((~any_allowed[i, :n]).nonzero()[0])
+            j = int((~alive[i, :n]).nonzero()[0])
             empty = [name for name, m in masks if not bool(m[i, j].any())]
-            text = self.tokenizer.decode(positions.generated(i, j)) if self.tokenizer is not None else ""
             if empty:
                 why = f"plugin(s) {', '.join(map(repr, empty))} allow no token"
-            else:
+            elif masks and not bool(torch.stack([m[i, j] for _, m in masks]).all(dim=0).any()):
                 why = f"the masks of {', '.join(repr(n) for n, _ in masks)} allow no token in common"
-            raise NoAllowedTokenError(
-                f"row {positions.rows[i]}: {why} after the generated text {text!r}"
-            )
+            else:
+                rescorers = self.hooks.implementers("rescore")
+                why = (f"no token has a finite score after the rescore plugin(s) "
+                       f"{', '.join(map(repr, rescorers)) or '(none)'} and the masks")
+            text = self.tokenizer.decode(positions.generated(i, j)) if self.tokenizer is not None else ""
+            raise NoAllowedTokenError(f"row {positions.rows[i]}: {why} after the generated text {text!r}")
 
     # -- committing ----------------------------------------------------------------------------
 

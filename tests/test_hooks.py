@@ -204,3 +204,15 @@ def test_a_plugin_that_raises_is_named_with_its_hook(llama, tok):
 
     with pytest.raises(PluginError, match="plugin 'broken' failed in hook 'rescore': KeyError"):
         pipe_with(llama, tok, Broken()).generate("hi")
+
+
+def test_a_rescorer_that_leaves_no_finite_score_is_named(llama, tok):
+    class KillAll:
+        name = "kill"
+
+        @hookimpl
+        def rescore(self, logits):
+            return torch.full_like(logits, float("-inf"))
+
+    with pytest.raises(NoAllowedTokenError, match="no token has a finite score after the rescore plugin\\(s\\) 'kill'"):
+        pipe_with(llama, tok, KillAll()).generate("hi")
