@@ -84,15 +84,10 @@ class Generation:
     def process(self, positions: Positions, logits: torch.Tensor) -> torch.Tensor:
         """rescore (chain) → mask (AND) → warp (chain) → log-softmax: ``[B', J, V]`` log p'."""
         logits = self.hooks.chain("rescore", "logits", positions=positions, logits=logits)
-        masks = [(name, m) for name, m in self.hooks.each("mask", positions=positions, logits=logits) if m is not None]
+        masks = positions.masks(logits)
+        allowed = positions.allowed(logits)
         finished = [i for i, row in enumerate(positions.rows) if self.done[row]]
-        if masks:
-            allowed = masks[0][1]
-            for _, m in masks[1:]:
-                allowed = allowed & m
-            if finished:  # a finished row's output is ignored; keep its distribution well defined
-                allowed = allowed.clone()
-                allowed[finished] = True
+        if allowed is not None:
             logits = logits.masked_fill(~allowed, float("-inf"))
         self._check_alive(positions, logits, masks, finished)
         logits = self.hooks.chain("warp", "logits", positions=positions, logits=logits)

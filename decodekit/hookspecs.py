@@ -183,7 +183,9 @@ def rescore(positions: Positions, logits: torch.Tensor) -> torch.Tensor | None:
 def mask(positions: Positions, logits: torch.Tensor) -> torch.Tensor | None:
     """Say which tokens are allowed at every position: grammars, banned words, span constraints.
 
-    Same arguments as ``rescore`` (the logits after the rescore chain, for information).
+    Same arguments as ``rescore``; a mask is a function of the positions only (``logits`` gives
+    the shape and device, not values to depend on), so the host evaluates it once per step and
+    shares the result with rescorers that need the allowed set (``positions.allowed(logits)``).
     Returns a bool tensor ``[B', J, V]`` (True = allowed), or None for "everything allowed".
     Every plugin is called; the host AND-s the masks and sets disallowed logits to ``-inf``. A
     position where nothing is allowed is an error naming the mask plugins involved

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from decodekit.state import TokenState
 from decodekit.types import Draft
 
@@ -34,6 +36,8 @@ class Positions:
         self.drafts = drafts if drafts is not None else [None] * len(rows)
         self.width = max(len(p) for p in paths) if paths else 0
         self._states: dict[int, list[list[Any]]] = {}
+        self._masks: list[tuple[str, torch.Tensor]] | None = None
+        self._allowed: torch.Tensor | None = None
 
     @classmethod
     def for_drafts(cls, generation: Generation, drafts: list[Draft | None]) -> Positions:
@@ -60,6 +64,38 @@ class Positions:
         """Like ``prefix`` but without the prompt."""
         row = self.rows[i]
         return self.generation.tokens[row][self.generation.prompt_lengths[row]:] + self.paths[i][j]
+
+    def masks(self, logits: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """Every mask plugin's ``(name, bool [B', J, V])`` at these positions, computed once.
+
+        Masks are pure functions of the positions (``logits`` only gives their shape and device),
+        so a rescorer that must know the allowed tokens (a top-k over allowed tokens, guidance's
+        plausible set) and the host's own masking share one evaluation per step.
+        """
+        if self._masks is None:
+            hooks = self.generation.hooks
+            self._masks = [(name, m.to(logits.device))
+                           for name, m in hooks.each("mask", positions=self, logits=logits) if m is not None]
+        return self._masks
+
+    def allowed(self, logits: torch.Tensor) -> torch.Tensor | None:
+        """The AND of every mask, bool ``[B', J, V]``, or None when no plugin masks.
+
+        Rows that have already finished are left unrestricted (their output is ignored).
+        """
+        if self._allowed is None:
+            masks = self.masks(logits)
+            if not masks:
+                return None
+            allowed = masks[0][1]
+            for _, m in masks[1:]:
+                allowed = allowed & m
+            finished = [i for i, row in enumerate(self.rows) if self.generation.done[row]]
+            if finished:
+                allowed = allowed.clone()
+                allowed[finished] = True
+            self._allowed = allowed
+        return self._allowed
 
     def states(self, plugin: TokenState[Any]) -> list[list[Any]]:
         """``states[i][j]``: ``plugin``'s state at position ``j`` of entry ``i`` (real positions only).

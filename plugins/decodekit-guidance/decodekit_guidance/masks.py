@@ -24,17 +24,9 @@ def allowed_tokens(positions: Positions, logits: torch.Tensor) -> torch.Tensor |
     will apply after the rescore chain. Rows already finished, and positions where nothing is
     allowed (padding, or an error the host reports itself), are left unrestricted.
     """
-    gen = positions.generation
-    masks = [m for _, m in gen.hooks.each("mask", positions=positions, logits=logits) if m is not None]
-    if not masks:
+    allowed = positions.allowed(logits)
+    if allowed is None:
         return None
-    allowed = masks[0].to(logits.device)
-    for m in masks[1:]:
-        allowed = allowed & m.to(logits.device)
-    finished = [i for i, row in enumerate(positions.rows) if gen.done[row]]
-    if finished:
-        allowed = allowed.clone()
-        allowed[finished] = True
     return allowed | ~allowed.any(dim=-1, keepdim=True)
 
 
