@@ -45,7 +45,7 @@ mask               all          bool masks, AND-ed by the host
 warp               chain        new logits (temperature, top-k, ... : the strategy's own)
 verify             first wins   a :class:`~decodekit.types.Decision`
 advance            all          none; stateful plugins commit
-finish             first wins   the final sequences (beam search) or None
+finish             all          the final sequences (strategy first) or None
 =================  ===========  ==========================================================
 
 A plugin that raises inside a hook is reported as a :class:`~decodekit.errors.PluginError`
@@ -234,13 +234,15 @@ def advance(generation: Generation, decision: Decision) -> None:
     """
 
 
-@hookspec(firstresult=True)
+@hookspec
 def finish(generation: Generation) -> list[list[Sequence]] | None:
-    """Return the final sequences per prompt when the strategy keeps its own (beam search).
+    """End a call: return the final sequences per prompt when the strategy keeps its own (beam
+    search), and release per-call resources (a progress bar).
 
     Returns, for each prompt, a list of :class:`~decodekit.types.Sequence` (token ids of the new
-    tokens and a score), best first; or None to let the host return each row's tokens. First
-    non-None result wins.
+    tokens and a score), best first; or None to let the host return each row's tokens. Called on
+    every plugin once generation has stopped; the decoding strategy's answer wins, then the other
+    plugins' in reverse pipeline order (the first non-None result in that order is used).
     """
 
 

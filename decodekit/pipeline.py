@@ -184,7 +184,8 @@ class Pipeline:
 
     def _result(self, gen: Generation, n_prompts: int) -> Result:
         decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
-        finished = gen.hooks.first("finish", generation=gen)
+        answers = [seqs for _, seqs in gen.hooks.each("finish", generation=gen) if seqs is not None]
+        finished = answers[-1] if answers else None  # the strategy (last in order) wins
         completions = []
         for p in range(n_prompts):
             if finished is not None:

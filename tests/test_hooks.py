@@ -216,3 +216,17 @@ def test_a_rescorer_that_leaves_no_finite_score_is_named(llama, tok):
 
     with pytest.raises(NoAllowedTokenError, match="no token has a finite score after the rescore plugin\\(s\\) 'kill'"):
         pipe_with(llama, tok, KillAll()).generate("hi")
+
+
+def test_hook_finish_is_called_on_every_plugin_and_the_strategy_wins(llama, tok):
+    called = []
+
+    class Other:
+        @hookimpl
+        def finish(self, generation):
+            called.append(True)
+            return [[Sequence([9, 9], 0.0)]]
+
+    res = pipe_with(llama, tok, Other(), strategy="beam", num_beams=2).generate("hi")
+    assert called == [True]
+    assert res.completions[0].sequences[0].token_ids != [9, 9]  # beam search's own answer
