@@ -1,0 +1,39 @@
+"""Fixtures: the tiny character tokenizer and random models, and the embedded model."""
+
+from __future__ import annotations
+
+import pytest
+
+from decodekit.testing import tiny_model, tiny_tokenizer
+
+ARCHS = ["llama", "gpt2", "qwen2"]
+PASSAGE = "the quick brown fox jumps over the lazy dog."
+EMBEDDED_PASSAGE = "The Eiffel Tower, completed in 1889, is 330 metres tall and stands in Paris."
+
+
+@pytest.fixture(scope="session")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="session", params=ARCHS)
+def tiny(request, tok):
+    """(arch, model) for each tiny random architecture."""
+    return request.param, tiny_model(request.param, tok)
+
+
+@pytest.fixture(scope="session")
+def smol():
+    from decodekit import Pipeline
+
+    return Pipeline("smollm2-135m", decoding={"max_new_tokens": 8})
+
+
+@pytest.fixture(scope="session")
+def passage():
+    return PASSAGE
+
+
+@pytest.fixture(scope="session")
+def embedded_passage():
+    return EMBEDDED_PASSAGE
