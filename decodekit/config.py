@@ -181,7 +181,27 @@ def validate(data: dict[str, Any] | PipelineConfig, source: str = "<pipeline>",
         seen[name] = seen.get(name, 0) + 1
         instance_name = name if seen[name] == 1 else f"{name}#{seen[name]}"
         plugins.append((instance_name, info, options))
+    _check_compatible(strategy, plugins, source)
     return Resolved(cfg, strategy, strategy_options, plugins)
+
+
+def _check_compatible(strategy: PluginInfo, plugins: list[tuple[str, PluginInfo, BaseModel]], source: str) -> None:
+    """Reject, before any model loads, pairs that cannot compose.
+
+    Declared by class attributes of the factories: a strategy with ``accepts_drafts = False``
+    (beam search variants) cannot verify drafts, so no plugin may implement ``propose``; a plugin
+    with ``strategies = ("greedy", ...)`` works only under those strategies.
+    """
+    for i, (name, info, _) in enumerate(plugins):
+        if "propose" in info.hooks and not getattr(strategy.factory, "accepts_drafts", True):
+            raise ConfigError(
+                f"{source}: plugins[{i}] ({name}) proposes drafts, but strategy {strategy.name!r} does not "
+                f"verify drafts (it re-chooses every row each step); use strategy greedy or sample")
+        allowed = getattr(info.factory, "strategies", None)
+        if allowed is not None and strategy.name not in allowed:
+            raise ConfigError(
+                f"{source}: plugins[{i}] ({name}) works only with strategy {' or '.join(map(repr, allowed))}, "
+                f"not {strategy.name!r}")
 
 
 def _get(registry: Registry, name: Any, kind: str, where: str) -> PluginInfo:

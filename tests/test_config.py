@@ -93,3 +93,30 @@ def test_overrides():
         apply_overrides(data, ["decoding.max_new_tokens"])
     with pytest.raises(ConfigError, match="has no element '5'"):
         apply_overrides(data, ["plugins.5.n=1"])
+
+
+def test_pairs_that_cannot_compose_are_rejected_at_validation(monkeypatch):
+    from decodekit.plugins import PluginInfo, get_registry
+
+    class Proposer:
+        pass
+
+    class GreedyOnly:
+        strategies = ("greedy",)
+
+    reg = get_registry()
+    monkeypatch.setitem(reg.plugins, "toy_proposer", PluginInfo("toy_proposer", Proposer, NoOpts, "plugin", "", "t",
+                                                                hooks=["propose"]))
+    monkeypatch.setitem(reg.plugins, "toy_greedy_only", PluginInfo("toy_greedy_only", GreedyOnly, NoOpts, "plugin", "", "t"))
+    with pytest.raises(ConfigError, match=r"plugins\[0\] \(toy_proposer\) proposes drafts, but strategy 'beam' does not verify"):
+        validate({"decoding": {"strategy": "beam"}, "plugins": [{"name": "toy_proposer"}]}, "f.yaml")
+    validate({"decoding": {"strategy": "sample"}, "plugins": [{"name": "toy_proposer"}]}, "f.yaml")
+    with pytest.raises(ConfigError, match=r"\(toy_greedy_only\) works only with strategy 'greedy', not 'sample'"):
+        validate({"decoding": {"strategy": "sample"}, "plugins": [{"name": "toy_greedy_only"}]}, "f.yaml")
+
+
+from pydantic import BaseModel as _BaseModel, ConfigDict as _ConfigDict  # noqa: E402
+
+
+class NoOpts(_BaseModel):
+    model_config = _ConfigDict(extra="forbid")

@@ -146,6 +146,8 @@ class _State:
 class Beam:
     """Beam search (see the module docstring); rows ``p*k .. p*k+k-1`` are prompt ``p``'s beams."""
 
+    accepts_drafts = False  # each beam is re-chosen every step; a proposer cannot help
+
     def __init__(self, options: BeamOptions | None = None, pipeline: object = None):
         self.options = options or BeamOptions()
         self.rows_per_prompt = self.options.num_beams

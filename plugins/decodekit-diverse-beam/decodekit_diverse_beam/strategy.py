@@ -66,6 +66,8 @@ def pad_token_id(pipeline: object) -> int:
 class DiverseBeam:
     """Diverse beam search (see the module docstring)."""
 
+    accepts_drafts = False  # beams are re-chosen every step; a proposer cannot help
+
     def __init__(self, options: DiverseBeamOptions | None = None, pipeline: object = None):
         self.options = options or DiverseBeamOptions()
         self.rows_per_prompt = self.options.num_beams

@@ -57,6 +57,8 @@ class SuperposedOptions(BaseModel):
 class Superposed:
     """Superposed Decoding (Shen et al. 2024); see the module docstring."""
 
+    accepts_drafts = False  # it runs its own superposed loop
+
     rows_per_prompt = 1
 
     def __init__(self, options: SuperposedOptions | None = None, pipeline=None):
