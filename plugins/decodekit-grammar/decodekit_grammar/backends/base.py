@@ -1,0 +1,38 @@
+"""The narrow interface every grammar engine sits behind.
+
+A compiled constraint is an :class:`Automaton` over the model's byte vocabulary. Its states are
+immutable values (an int, or an object nobody mutates after creation), so the host can fork them
+along drafts and keep only the committed one.
+
+* ``initial()``: the state before any generated token.
+* ``step(state, token)``: the state after ``token``, or None when the constraint rejects it.
+* ``allowed(state)``: numpy bool ``[vocab.size]``, the tokens ``step`` accepts (EOS excluded:
+  the plugin adds the pipeline's EOS ids when ``accepting(state)``).
+* ``accepting(state)``: True when the text so far is a complete match (EOS may follow).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+
+class Automaton(ABC):
+    backend: str = ""
+
+    def __init__(self, description: str):
+        self.description = description  # e.g. "regex '[0-9]+'": used in error messages
+
+    @abstractmethod
+    def initial(self) -> Any: ...
+
+    @abstractmethod
+    def step(self, state: Any, token: int) -> Any | None: ...
+
+    @abstractmethod
+    def allowed(self, state: Any) -> np.ndarray: ...
+
+    @abstractmethod
+    def accepting(self, state: Any) -> bool: ...

@@ -1,0 +1,128 @@
+"""llguidance backend: regex, JSON Schema and lark CFGs through one Earley/lexer engine.
+
+llguidance compiles a JSON Schema in about a millisecond and computes a 49k-token mask in
+~10 µs by walking the vocabulary trie with its lexer (no per-state precomputation). Its matcher
+is mutable, so a state here is a :class:`MatcherState` that owns a matcher nobody mutates after
+creation: ``step`` deep-copies (~8 µs) and consumes one token. The mask of a state is computed
+once and cached on it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from decodekit_grammar.backends.base import Automaton
+from decodekit_grammar.vocab import TokenVocab
+
+_TOKENIZERS: dict[str, Any] = {}
+
+JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+class _Wrapped:
+    """The object llguidance's ``TokenizerWrapper`` reads: tokens as bytes, EOS, specials."""
+
+    def __init__(self, vocab: TokenVocab):
+        self.tokens = [t if t is not None else f"<|special {i}|>".encode() for i, t in enumerate(vocab.tokens)]
+        self.eos_token_id = vocab.eos_token_id if vocab.eos_token_id is not None else vocab.special_ids[0]
+        self.bos_token_id = vocab.bos_token_id
+        self.special_token_ids = [i for i, t in enumerate(vocab.tokens) if t is None]
+        self._encode = vocab.encode
+
+    def __call__(self, text: str) -> list[int]:
+        return list(self._encode(text))
+
+
+def lltokenizer(vocab: TokenVocab) -> Any:
+    """An ``LLTokenizer`` for ``vocab`` (built once per vocabulary: ~0.5 s for 49k tokens)."""
+    import llguidance
+
+    if vocab.key not in _TOKENIZERS:
+        _TOKENIZERS[vocab.key] = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Wrapped(vocab)))
+    return _TOKENIZERS[vocab.key]
+
+
+def format_error(message: str, what: str) -> str:
+    """Turn llguidance's ``at 2(4): unknown name`` into ``line 2, column 4: unknown name``."""
+    first = message.strip().splitlines()[0] if message.strip() else message
+    m = re.match(r"at (\d+)\((\d+)\): (.*)", first)
+    if m:
+        first = f"line {m.group(1)}, column {m.group(2)}: {m.group(3)}"
+    return f"{what}: {first}"
+
+
+class MatcherState:
+    """One llguidance matcher frozen at a prefix, with its mask cached once computed."""
+
+    __slots__ = ("matcher", "mask")
+
+    def __init__(self, matcher: Any):
+        self.matcher = matcher
+        self.mask: np.ndarray | None = None
+
+
+class LLGuidanceAutomaton(Automaton):
+    backend = "llguidance"
+
+    def __init__(self, grammar: str, vocab: TokenVocab, description: str):
+        import llguidance
+
+        super().__init__(description)
+        self.vocab = vocab
+        tok = lltokenizer(vocab)
+        err = llguidance.LLMatcher.validate_grammar(grammar, tok)
+        if err and not err.startswith("WARNING"):
+            raise ValueError(format_error(err, description))
+        matcher = llguidance.LLMatcher(tok, grammar, log_level=0)
+        if matcher.is_error():
+            raise ValueError(format_error(matcher.get_error(), description))
+        self._root = MatcherState(matcher)
+        self._words = (vocab.size + 31) // 32
+        # special tokens (EOS included: the plugin's business) are never allowed by the grammar;
+        # llguidance would otherwise let some through (e.g. <unk> when no byte can continue)
+        self._specials = np.array([i for i, t in enumerate(vocab.tokens) if t is None], dtype=np.int64)
+
+    def initial(self) -> MatcherState:
+        return self._root
+
+    def step(self, state: MatcherState, token: int) -> MatcherState | None:
+        if token >= self.vocab.size or self.vocab.tokens[token] is None:
+            return None
+        m = state.matcher.deep_copy()
+        if not m.consume_token(token) or m.is_error():
+            return None
+        return MatcherState(m)
+
+    def allowed(self, state: MatcherState) -> np.ndarray:
+        if state.mask is None:
+            words = np.zeros(self._words, dtype=np.int32)  # bit t of word t // 32 = token t allowed
+            state.matcher.unsafe_compute_mask_ptr(words.ctypes.data, words.nbytes)
+            bits = np.unpackbits(words.view(np.uint8), bitorder="little")[: self.vocab.size].view(bool)
+            bits[self._specials] = False
+            state.mask = bits
+        return state.mask
+
+    def accepting(self, state: MatcherState) -> bool:
+        return bool(state.matcher.is_accepting())
+
+
+def regex_grammar(regex: str) -> str:
+    import llguidance
+
+    return llguidance.LLMatcher.grammar_from_regex(regex)
+
+
+def json_grammar(schema: dict, coerce_one_of: bool = False) -> str:
+    import llguidance
+
+    return llguidance.LLMatcher.grammar_from_json_schema(
+        schema, defaults=dict(JSON_OPTIONS), overrides={"coerce_one_of": coerce_one_of, "lenient": False})
+
+
+def lark_grammar(text: str) -> str:
+    import llguidance
+
+    return llguidance.LLMatcher.grammar_from_lark(text)
