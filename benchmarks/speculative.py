@@ -1,0 +1,239 @@
+"""Speculative decoding on the embedded model: every proposer against plain greedy and HF's own.
+
+One process, side by side, greedy everywhere (every row must produce plain greedy's tokens; the
+table says whether it did). Methods: decodekit plain greedy; the ``speculative`` plugin with each
+proposer; HF ``generate`` plain, with ``prompt_lookup_num_tokens``, and with ``assistant_model``
+when a separate draft model exists (the embedded model is the only real model here, so the
+assistant row is skipped and the ``draft_model`` row drafts with the target itself: it shows the
+mechanics and the acceptance ceiling, not a speed-up). Three prompt sets: input copying (code
+editing, rewriting a given text), summarising a given passage, open chat.
+
+Each method first runs one warm-up prompt outside the sets (so the plugin has timed a few
+target passes and token recycling has a matrix); then each round runs every method over a set,
+method after method, so that machine drift hits them alike. Reports new tokens per second, the
+speedup over decodekit plain greedy on the same set, and the mean tokens committed per target
+pass; writes docs/results/speculative.md.
+
+    python benchmarks/speculative.py [--new-tokens 96] [--rounds 1] [--sets copy,summary,chat]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, write_result  # noqa: E402
+
+from decodekit import Pipeline  # noqa: E402
+
+TEXT = ("The comittee met on tuesday to discus the new budjet. Several members argued that the "
+        "library shoud recieve more funding, because it's hours had been cut twice in the last "
+        "year. Others beleived the money was better spent on road repairs, wich have been delayed "
+        "since the winter storms. In the end, the comittee agreed to revisit the question next month.")
+CODE = '''def total_price(items, tax):
+    total = 0
+    for item in items:
+        if item["quantity"] > 0:
+            total = total + item["price"] * item["quantity"]
+    total = total + total * tax
+    return total
+
+
+def cheapest(items):
+    best = None
+    for item in items:
+        if best is None or item["price"] < best["price"]:
+            best = item
+    return best
+'''
+PASSAGE = ("Honeybees live in colonies of tens of thousands of workers, a few hundred drones and a "
+           "single queen. Workers are sterile females; during their short summer lives they clean "
+           "cells, feed larvae, build wax comb, guard the entrance and finally forage for nectar and "
+           "pollen. A forager that finds a rich patch of flowers returns to the hive and performs a "
+           "waggle dance whose angle and duration tell her sisters the direction and distance of the "
+           "food. In winter the colony survives by clustering tightly and eating stored honey, with "
+           "workers shivering their flight muscles to keep the centre of the cluster warm.")
+
+SETS = {
+    "copy": [
+        f"Correct the typos in this text and output the whole text:\n\n{TEXT}",
+        f"Copy the following text, replacing every 'comittee' with 'committee':\n\n{TEXT}",
+        f"Rename the variable `total` to `amount` in this Python code. Reply with the full code only.\n\n{CODE}",
+    ],
+    "summary": [
+        f"Summarise the following passage in three sentences.\n\n{PASSAGE}",
+        f"Summarise this meeting note in two sentences.\n\n{TEXT}",
+        f"Summarise what this Python code does.\n\n{CODE}",
+    ],
+    "chat": [
+        "What are some good habits for staying productive when working from home?",
+        "Tell me a short story about a lighthouse keeper and a seagull.",
+        "Why do cats purr?",
+    ],
+}
+WARMUP = "Repeat this sentence exactly: the quick brown fox jumps over the lazy dog near the river bank."
+
+PROPOSERS = {
+    "prompt_lookup": {"proposer": "prompt_lookup"},
+    "token_recycling": {"proposer": "token_recycling"},
+    "layer_skip": {"proposer": "layer_skip"},
+    "draft_model (self-draft)": {"proposer": "draft_model", "draft": "smollm2-135m"},
+}
+
+
+# One target pass over s new tokens on the issue's 2-core CPU (issue 3): 76 / 127 / 141 / 142 / 173 ms.
+ISSUE_COSTS_MS = {1: 76.0, 4: 127.0, 8: 141.0, 16: 142.0, 32: 173.0}
+
+
+def issue_cost_ms(s: int) -> float:
+    """Linear interpolation of ISSUE_COSTS_MS; beyond 32 tokens, the 16→32 slope."""
+    xs = sorted(ISSUE_COSTS_MS)
+    if s >= xs[-1]:
+        return ISSUE_COSTS_MS[32] + (s - 32) * (ISSUE_COSTS_MS[32] - ISSUE_COSTS_MS[16]) / 16
+    lo = max(x for x in xs if x <= s)
+    hi = min(x for x in xs if x >= s)
+    if lo == hi:
+        return ISSUE_COSTS_MS[lo]
+    w = (s - lo) / (hi - lo)
+    return (1 - w) * ISSUE_COSTS_MS[lo] + w * ISSUE_COSTS_MS[hi]
+
+
+class PassCounter:
+    """Counts the model's forward calls and their modelled cost (every module sharing its hooks:
+    the target, a self-draft, and the layer-skip view, whose cost scales with its kept layers).
+
+    Prefill calls (no cache yet) are left out of the modelled cost: every method pays one alike.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.n = 0
+        self.modelled_ms = 0.0
+        self.handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def reset(self) -> None:
+        self.n, self.modelled_ms = 0, 0.0
+
+    def _hook(self, module, args, kwargs):
+        self.n += 1
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is None or cache.get_seq_length() == 0:
+            return
+        ids = kwargs.get("input_ids")
+        s = ids.shape[1] if ids is not None else 1
+        skipped = sum(type(m).__name__ == "SkippedLayer" for m in module.modules())
+        total = getattr(module.config, "num_hidden_layers", 1)
+        self.modelled_ms += issue_cost_ms(s) * (1 - skipped / total)
+
+
+def run_ours(pipe: Pipeline, counter: PassCounter, ids: list[int], n: int) -> tuple[list[int], float, int, float]:
+    counter.reset()
+    t0 = time.perf_counter()
+    res = pipe.generate(ids, max_new_tokens=n)
+    return res.token_ids, time.perf_counter() - t0, res.stats.row_passes, counter.modelled_ms
+
+
+@torch.inference_mode()
+def run_hf(model, counter: PassCounter, ids: list[int], n: int, **kw) -> tuple[list[int], float, int, float]:
+    x = torch.tensor([ids])
+    counter.reset()
+    t0 = time.perf_counter()
+    out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False, **kw)
+    dt = time.perf_counter() - t0
+    return out[0, len(ids):].tolist(), dt, counter.n, counter.modelled_ms
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--new-tokens", type=int, default=96)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--sets", default="copy,summary,chat")
+    ap.add_argument("--methods", default="", help="comma-separated subset of method names (default: all)")
+    ap.add_argument("--hf-lookup", type=int, default=10, help="HF prompt_lookup_num_tokens")
+    ap.add_argument("--issue-costs", action="store_true",
+                    help="give the plugin the issue's CPU pass costs (verify_costs) instead of timing passes")
+    args = ap.parse_args()
+
+    base = Pipeline("smollm2-135m", decoding={"strategy": "greedy", "max_new_tokens": args.new_tokens})
+    model = base.model
+    eos = sorted(base.eos_token_ids())
+    model.generation_config.pad_token_id = base.pad_token_id
+    counter = PassCounter(model)
+
+    methods: dict[str, callable] = {"decodekit greedy": lambda ids, n: run_ours(base, counter, ids, n)}
+    extra = {"verify_costs": ISSUE_COSTS_MS} if args.issue_costs else {}
+    for name, opts in PROPOSERS.items():
+        pipe = Pipeline("smollm2-135m", decoding={"strategy": "greedy", "max_new_tokens": args.new_tokens},
+                        plugins=[{"name": "speculative", **opts, **extra}])
+        methods[f"speculative: {name}"] = (lambda p: lambda ids, n: run_ours(p, counter, ids, n))(pipe)
+    methods["HF generate greedy"] = lambda ids, n: run_hf(model, counter, ids, n, eos_token_id=eos)
+    methods[f"HF prompt lookup ({args.hf_lookup})"] = lambda ids, n: run_hf(
+        model, counter, ids, n, eos_token_id=eos, prompt_lookup_num_tokens=args.hf_lookup)
+    if args.methods:
+        keep = {m.strip() for m in args.methods.split(",")}
+        methods = {k: v for k, v in methods.items() if k in keep or k == "decodekit greedy"}
+
+    warm = base.encode(WARMUP)
+    for name, fn in methods.items():
+        fn(warm, 24)
+
+    sets = [s for s in args.sets.split(",") if s]
+    rows = []
+    for set_name in sets:
+        prompts = [base.encode(p) for p in SETS[set_name]]
+        totals = {m: [0, 0.0, 0, 0.0] for m in methods}  # tokens, seconds, target passes, modelled ms
+        same = {m: True for m in methods}
+        for _ in range(args.rounds):
+            for ids in prompts:
+                ref = None
+                for name, fn in methods.items():
+                    toks, dt, passes, ms = fn(ids, args.new_tokens)
+                    if ref is None:
+                        ref = toks
+                    same[name] &= toks == ref
+                    t = totals[name]
+                    t[0], t[1], t[2], t[3] = t[0] + len(toks), t[1] + dt, t[2] + passes, t[3] + ms
+        plain = totals["decodekit greedy"]
+        plain_tps, plain_mtps = plain[0] / plain[1], plain[0] / max(plain[3], 1e-9)
+        for name, (n_tok, secs, passes, ms) in totals.items():
+            tps, mtps = n_tok / secs, n_tok / max(ms, 1e-9)
+            rows.append((set_name, name, tps, tps / plain_tps, mtps / plain_mtps, n_tok / max(passes, 1), same[name]))
+            print(f"{set_name:8s} {name:38s} {tps:7.2f} tok/s  {tps / plain_tps:5.2f}x  modelled {mtps / plain_mtps:5.2f}x  "
+                  f"{n_tok / max(passes, 1):5.2f} tok/pass  same={same[name]}", flush=True)
+
+    lines = [
+        "# Speculative decoding on the embedded model",
+        "",
+        f"Machine: {machine()}.",
+        "",
+        f"`python benchmarks/speculative.py --new-tokens {args.new_tokens} --rounds {args.rounds}`: greedy decoding "
+        f"of SmolLM2-135M-Instruct, up to {args.new_tokens} new tokens per prompt, {len(SETS['copy'])} prompts "
+        "per set. tok/s counts new tokens over wall time; the speedup is over decodekit plain greedy on "
+        "the same prompts in the same run; tok/pass is the mean number of tokens committed per target "
+        "forward pass (HF: per forward call of the target model). \"same\" says whether the method "
+        "produced exactly decodekit greedy's tokens.",
+        "",
+        "\"modelled\" is the speedup the same passes would give at the issue's measured CPU costs "
+        "(one pass over 1 / 4 / 8 / 16 / 32 new tokens = 76 / 127 / 141 / 142 / 173 ms, interpolated; "
+        "prefill left out; a layer-skip pass scaled by its share of layers): it does not depend on "
+        "how loaded the machine was during the run.",
+        "",
+        "There is no second real model in this environment, so HF `generate(assistant_model=...)` is not "
+        "run, and the `draft_model` row drafts with the target itself (an acceptance ceiling: every draft "
+        "token is accepted, but each costs a full forward, so it cannot be faster).",
+        "",
+        "| prompt set | method | tok/s | speedup | modelled speedup | tok/pass | same |",
+        "| --- | --- | ---: | ---: | ---: | ---: | :---: |",
+    ]
+    for set_name, name, tps, sp, msp, tpp, ok in rows:
+        lines.append(f"| {set_name} | {name} | {tps:.2f} | {sp:.2f}x | {msp:.2f}x | {tpp:.2f} | {'yes' if ok else 'NO'} |")
+    out = write_result("speculative", "\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

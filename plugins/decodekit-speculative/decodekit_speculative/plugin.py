@@ -1,0 +1,259 @@
+"""The ``speculative`` plugin object: ``propose`` drafts, the strategy's ``verify`` checks them.
+
+This plugin implements ``start``, ``propose``, ``rescore`` (read-only: it returns None and only
+feeds token recycling's matrix) and ``advance``. It does *not* implement ``verify``: the
+pipeline's strategy verifies every draft exactly (``greedy``: accept while the draft equals
+argmax p'; ``sample``: recursive rejection sampling over siblings, one-hot q for deterministic
+nodes, min(1, p'/q') and the residual norm(max(0, p' - q')) for sampled ones). Those verifiers
+work on the processed p' the host computes with every rescore / mask / warp plugin applied,
+so the output stays exact whatever else the pipeline contains.
+
+State, and where it lives:
+
+* per call (``generation.scratch(self)``): the step counter, the drafts of the current step and
+  the time their pass started, the drafter's KV cache;
+* on the plugin object, on purpose (they describe the model, the device and the workload, and
+  only change *which* drafts are proposed, never what is accepted): the measured cost of target
+  passes, the acceptance estimates, token recycling's adjacency matrix, the layer-skip set.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from decodekit.builtins.greedy import Greedy
+from decodekit.generation import Generation
+from decodekit.hookspecs import hookimpl
+from decodekit.positions import Positions
+from decodekit.types import Decision, Draft
+
+from decodekit_speculative import layerskip, lookup
+from decodekit_speculative.drafter import DrafterState, ModelDrafter
+from decodekit_speculative.options import SpeculativeOptions
+from decodekit_speculative.planning import CostModel, RankStats, plan_chain, plan_tree, tree_template
+from decodekit_speculative.recycling import AdjacencyMatrix
+
+# Prior acceptance before anything is observed.
+LOOKUP_PRIOR = (0.35, 0.45, 0.55, 0.65, 0.75, 0.8, 0.85)  # per match-length bucket (lookup.BUCKETS);
+                                                          # +0.15 for an anchored match
+RECYCLING_PRIOR_TOP = 0.45                                  # rank r: 0.45 * 0.45^r
+MODEL_PRIOR = 0.6
+
+
+@dataclass
+class CallState:
+    """What one ``generate`` call keeps between steps (lives in ``generation.scratch``)."""
+
+    step: int = 0
+    drafts: list[Draft | None] = field(default_factory=list)
+    info: list[Any] = field(default_factory=list)  # per row: lookup bucket, or recycling ranks
+    started: float = 0.0                           # perf_counter when the target pass began
+    width: int = 1                                 # new tokens per row in that pass (1 + nodes)
+    rows: int = 0                                  # rows decoding in that pass
+    drafter: DrafterState | None = None
+    offsets: dict[int, int | None] = field(default_factory=dict)  # prompt lookup: each row's copy offset
+
+
+class Speculative:
+    """Speculative decoding. See the package docstring and docs/plugins/speculative.md.
+
+    ``draft_model``: a loaded causal LM to draft with (instead of ``options.draft``), for
+    library use and tests: ``Speculative(SpeculativeOptions(proposer="draft_model"), pipe,
+    draft_model=model)``.
+    """
+
+    name = "speculative"
+
+    def __init__(self, options: SpeculativeOptions | None = None, pipeline: Any = None, *,
+                 draft_model: torch.nn.Module | None = None):
+        if pipeline is None:
+            raise ValueError("speculative needs the pipeline (its model and tokenizer)")
+        o = self.options = options or SpeculativeOptions()
+        self.target = pipeline.model
+        self.vocab_size = int(self.target.get_output_embeddings().weight.shape[0])
+        self.pad_token_id = pipeline.pad_token_id
+        self.costs = CostModel(o.verify_costs)
+        self.matrix: AdjacencyMatrix | None = None
+        self.drafter: ModelDrafter | None = None
+        self.skip: list[int] | None = None
+        # keyed by (match-length bucket, anchored)
+        self.lookup_stats = {(k, anc): RankStats([min(0.9, p + 0.15 * anc)])
+                             for k, p in enumerate(LOOKUP_PRIOR) for anc in (False, True)}
+        k = min(o.top_k, self.vocab_size)
+        self.recycling_stats = RankStats([RECYCLING_PRIOR_TOP ** (r + 1) for r in range(k)])
+        self.model_stats = RankStats([MODEL_PRIOR])
+        if draft_model is not None and o.proposer != "draft_model":
+            raise ValueError(f"a draft_model object is only used by proposer draft_model, not {o.proposer}")
+        if o.proposer == "token_recycling":
+            self.matrix = AdjacencyMatrix(self.vocab_size, o.top_k)
+        elif o.proposer == "draft_model":
+            self.drafter = ModelDrafter(self._draft_model(draft_model, pipeline), self.vocab_size, self.pad_token_id)
+        elif o.proposer == "layer_skip":
+            _, layers = layerskip.decoder_layers(self.target)
+            if o.skip_layers is not None:
+                self._use_skip(o.skip_layers)
+            elif not o.search:
+                self._use_skip(layerskip.default_skip(len(layers), o.skip_ratio))
+
+    def _draft_model(self, given: torch.nn.Module | None, pipeline: Any) -> torch.nn.Module:
+        if given is not None:
+            return given
+        if self.options.draft is None:
+            raise ValueError("proposer draft_model needs the option draft: a model alias or local directory")
+        from decodekit.errors import ModelNotFoundError
+        from decodekit.models import load
+
+        dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(
+            self.target.dtype, "auto")
+        try:
+            model, tok = load(self.options.draft, str(pipeline.device), dtype)
+        except ModelNotFoundError as e:
+            raise ValueError(f"draft: {e}") from None
+        if tok is not None and pipeline.tokenizer is not None and len(tok) != len(pipeline.tokenizer):
+            raise ValueError(f"draft {self.options.draft!r}: its tokenizer has {len(tok)} tokens, the target's "
+                             f"{len(pipeline.tokenizer)}; a draft model must share the target's tokenizer")
+        return model
+
+    def _use_skip(self, skip: list[int]) -> None:
+        self.skip = sorted(skip)
+        view = layerskip.skipped_view(self.target, self.skip)
+        self.drafter = ModelDrafter(view, self.vocab_size, self.pad_token_id)
+
+    # -- hooks ---------------------------------------------------------------------------------
+
+    @hookimpl
+    def start(self, generation: Generation) -> None:
+        st = CallState()
+        generation.scratch(self)["state"] = st
+        if self.options.proposer == "layer_skip" and self.drafter is None:  # search: true, first call
+            self._use_skip(layerskip.search_skip_set(self.target, generation.tokens[0], self.options.skip_ratio))
+        if self.drafter is not None:
+            st.drafter = self.drafter.start(generation)
+
+    @hookimpl
+    def propose(self, generation: Generation) -> list[Draft | None] | None:
+        gen = generation
+        st: CallState = gen.scratch(self)["state"]
+        B = gen.num_rows
+        st.drafts, st.info = [None] * B, [None] * B
+        if gen.rows_per_prompt > 1:  # beam search: its rows are reordered; this plugin stays out
+            return None
+        active = [b for b in range(B) if not gen.done[b]]
+        cost = self._cost_fn(st, len(active))
+        proposer = self.options.proposer
+        if proposer == "prompt_lookup":
+            self._propose_lookup(gen, st, active, cost)
+        elif proposer == "token_recycling":
+            self._propose_recycling(gen, st, active, cost)
+        else:
+            self._propose_model(gen, st, active, cost)
+        st.rows = len(active)
+        st.width = 1 + max((len(d) for d in st.drafts if d is not None), default=0)
+        st.started = time.perf_counter()
+        return st.drafts
+
+    @hookimpl
+    def rescore(self, positions: Positions, logits: torch.Tensor) -> None:
+        """Token recycling reads the target's scores here; the logits are left as they are."""
+        if self.matrix is None or positions.is_draft:
+            return None
+        gen = positions.generation
+        prev, ii, jj = [], [], []
+        for i, row in enumerate(positions.rows):
+            if gen.done[row]:
+                continue
+            for j in range(positions.length(i)):
+                path = positions.paths[i][j]
+                prev.append(path[-1] if path else gen.tokens[row][-1])  # the token before position j
+                ii.append(i)
+                jj.append(j)
+        if prev:
+            self.matrix.update(torch.tensor(prev), logits[ii, jj])  # logits[ii, jj]: [n, V]
+        return None
+
+    @hookimpl
+    def advance(self, generation: Generation, decision: Decision) -> None:
+        st: CallState = generation.scratch(self)["state"]
+        if st.step > 0:  # the first pass is the prefill: not a verify cost
+            self.costs.record(st.rows, st.width, time.perf_counter() - st.started)
+        for b, (d, v) in enumerate(zip(st.drafts, decision.verdicts)):
+            if d is not None:
+                self._observe(d, st.info[b], v.accepted)
+        for s in [*self.lookup_stats.values(), self.recycling_stats, self.model_stats]:
+            s.step()
+        if st.drafter is not None and self.drafter is not None:
+            self.drafter.commit(generation, st.drafter, st.drafts, decision)
+        st.step += 1
+
+    # -- proposers -----------------------------------------------------------------------------
+
+    def _cost_fn(self, st: CallState, rows: int):
+        """``cost(n)``: a target pass with ``n`` draft nodes per row (plus drafting, for models)."""
+        per_draft = self.costs.draft_cost(rows) if self.drafter is not None else 0.0
+        if st.step == 0:  # the prefill pass: a few more tokens cost the target next to nothing
+            base = self.costs.cost(rows, 1)
+            return lambda n: base + n * per_draft
+        return lambda n: self.costs.cost(rows, 1 + n) + n * per_draft
+
+    def _propose_lookup(self, gen: Generation, st: CallState, active: list[int], cost) -> None:
+        o = self.options
+        for b in active:
+            cont, m, anchored, st.offsets[b] = lookup.lookup_draft(
+                gen.tokens[b], o.ngram_min, o.ngram_max, o.max_draft_tokens, st.offsets.get(b))
+            if not cont:
+                continue
+            bucket = (lookup.bucket(m), anchored)
+            n = plan_chain(self.lookup_stats[bucket].rate()[0], len(cont), cost) if o.adaptive else len(cont)
+            if n > 0:
+                st.drafts[b], st.info[b] = Draft.chain(cont[:n]), bucket
+
+    def _propose_recycling(self, gen: Generation, st: CallState, active: list[int], cost) -> None:
+        o = self.options
+        rates = self.recycling_stats.rate()
+        if o.adaptive:
+            template = plan_tree(rates, o.max_draft_tokens, cost)
+        else:
+            template = tree_template(rates, o.max_draft_tokens)
+        if not template:
+            return
+        for b in active:
+            draft, ranks = self.matrix.draft(gen.tokens[b][-1], template)
+            st.drafts[b], st.info[b] = draft, ranks
+
+    def _propose_model(self, gen: Generation, st: CallState, active: list[int], cost) -> None:
+        o = self.options
+        n = plan_chain(self.model_stats.rate()[0], o.max_draft_tokens, cost) if o.adaptive else o.max_draft_tokens
+        if n == 0 or not active:
+            return
+        lengths = [n if b in set(active) else 0 for b in range(gen.num_rows)]
+        sample = not any(isinstance(p, Greedy) for p in gen.hooks.pm.get_plugins())
+        drafts, steps, seconds = self.drafter.draft(gen, st.drafter, lengths, o.draft_threshold, sample)
+        if steps > 1:  # the first forward also catches up on committed tokens
+            self.costs.record_draft(seconds / steps)
+        st.drafts = drafts
+        st.info = [0] * gen.num_rows
+
+    # -- statistics ----------------------------------------------------------------------------
+
+    def _observe(self, draft: Draft, info: Any, accepted: list[int]) -> None:
+        """Count, at the root and each accepted node, which candidate (if any) was accepted."""
+        proposer = self.options.proposer
+        if proposer == "token_recycling":
+            ranks: list[int] = info
+            node = -1
+            for depth in range(len(accepted) + 1):
+                nxt = accepted[depth] if depth < len(accepted) else None
+                for c in draft.children(node):
+                    self.recycling_stats.observe(ranks[c], c == nxt)
+                if nxt is None:
+                    break
+                node = nxt
+            return
+        stats = self.lookup_stats[info] if proposer == "prompt_lookup" else self.model_stats
+        k = len(accepted)
+        for i in range(min(k + 1, len(draft))):  # k hits, then one miss unless all were accepted
+            stats.observe(0, i < k)

@@ -1,0 +1,14 @@
+"""Load only this plugin from entry points (other plugins in the venv may be half-installed)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("DECODEKIT_LOAD_PLUGINS", "speculative")
+# the test modules import speculative_helpers (pytest runs with --import-mode=importlib)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "embedded: runs the embedded SmolLM2-135M model (real weights, slower)")
