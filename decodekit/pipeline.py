@@ -143,7 +143,7 @@ class Pipeline:
         strategy_info, strategy_options = self.resolved.strategy, self.resolved.strategy_options
         if overrides:
             merged = {**decoding.model_dump(), **overrides}
-            res = validate({**self.config.model_dump(), "decoding": merged, "plugins": []}, "overrides")
+            res = validate({**self.config.model_dump(), "decoding": merged}, "overrides")
             decoding, strategy_info, strategy_options = res.config.decoding, res.strategy, res.strategy_options
         strategy = strategy_info.factory(strategy_options, self)
         hooks = HookRunner(self.plugins + [(f"strategy:{strategy_info.name}", strategy)])
