@@ -15,23 +15,6 @@ from decodekit import Draft, hookimpl
 from decodekit.testing import tiny_model, tiny_tokenizer
 
 ARCHS = ["llama", "gpt2", "qwen2"]
-OWN_ENTRY_POINTS = ("guidance", "speculative")  # this plugin, and the one a composition test uses
-
-
-@pytest.fixture(scope="module", autouse=True)
-def only_our_plugins():
-    """Load only the entry points these tests use (DECODEKIT_LOAD_PLUGINS), so that another
-    plugin's state cannot break them; the registry is rebuilt as it was after each module."""
-    from importlib.metadata import entry_points
-
-    from decodekit.plugins import ENTRY_POINT_GROUP, get_registry
-
-    installed = {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DECODEKIT_LOAD_PLUGINS", ",".join(n for n in OWN_ENTRY_POINTS if n in installed))
-        get_registry(refresh=True)
-        yield
-    get_registry(refresh=True)
 
 
 @pytest.fixture(scope="session")

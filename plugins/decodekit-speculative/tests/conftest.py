@@ -1,11 +1,10 @@
-"""Load only this plugin from entry points (other plugins in the venv may be half-installed)."""
+"""Test helpers on the path; the plugin is found through its entry point like any other."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-os.environ.setdefault("DECODEKIT_LOAD_PLUGINS", "speculative")
 # the test modules import speculative_helpers (pytest runs with --import-mode=importlib)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
