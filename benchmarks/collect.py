@@ -1,0 +1,37 @@
+"""Assemble docs/benchmarks.md from the per-benchmark results in docs/results/.
+
+Each script in benchmarks/ writes its own docs/results/<name>.md (with the machine it ran on);
+this puts them on one page in a fixed order.
+
+    python benchmarks/collect.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ORDER = ["overhead", "speculative", "grammar", "guidance", "diverse_beam", "momentum", "alignment", "composition"]
+
+HEADER = """# Benchmark results
+
+Every figure on this page comes from a script in `benchmarks/` that anyone can rerun; each section
+names its script, the machine it ran on, and compares methods side by side in one process (ratios
+against a baseline measured in the same run). Regenerate this page with
+`python benchmarks/collect.py` after running the scripts.
+"""
+
+
+def main() -> None:
+    results = ROOT / "docs" / "results"
+    files = {p.stem: p for p in results.glob("*.md")}
+    names = [n for n in ORDER if n in files] + sorted(n for n in files if n not in ORDER)
+    parts = [HEADER]
+    for n in names:
+        parts.append(files[n].read_text().strip() + "\n")
+    (ROOT / "docs" / "benchmarks.md").write_text("\n".join(parts))
+    print(f"docs/benchmarks.md: {', '.join(names)}")
+
+
+if __name__ == "__main__":
+    main()
