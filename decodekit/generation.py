@@ -105,7 +105,7 @@ class Generation:
     def _check_alive(self, positions: Positions, logits: torch.Tensor,
                      masks: list[tuple[str, torch.Tensor]], finished: list[int]) -> None:
         """Every real position must keep a token with a finite score; else name the culprits."""
-        alive = torch.isfinite(logits).any(dim=-1)  # [B', J]
+        alive = logits.amax(dim=-1) > float("-inf")  # [B', J]; cheaper than isfinite over V
         if bool(alive.all()):
             return
         skip = set(finished)

@@ -41,6 +41,7 @@ class CachedLM:
         self.col_valid = torch.zeros(batch_size, 0, dtype=torch.bool, device=self.device)
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self._last: tuple[int, int, torch.Tensor] | None = None  # (P, N, new_valid) of the last forward
+        self._holes = False  # whether any cached column is invalid in some row
 
     @property
     def batch_size(self) -> int:
@@ -62,6 +63,38 @@ class CachedLM:
             raise ValueError("every row needs at least one pending token")
         N = max((len(d) for d in drafts if d is not None), default=0)
 
+        if N == 0 and all(len(p) == P for p in pending):
+            # the common step: equal pending lengths, no draft (tensors built in one go)
+            ids = torch.tensor(pending, dtype=torch.long, device=self.device)  # [B, P]
+            pos = self.next_pos[:, None] + torch.arange(P, device=self.device)  # [B, P]
+            new_valid = torch.ones((B, P), dtype=torch.bool, device=self.device)
+        else:
+            ids, pos, new_valid = self._layout(pending, drafts, P, N)
+
+        if any(d is not None and not d.is_chain for d in drafts):
+            attn = self._tree_mask(P, drafts, new_valid)
+        elif not self._holes and bool(new_valid.all()):
+            attn = None  # plain causal attention: the model's fastest path
+        else:  # 2-D padding mask over [B, C + P + N]; causality is added by the model
+            attn = torch.cat([self.col_valid, new_valid], dim=1).long()
+        out = self.model(
+            input_ids=ids,
+            position_ids=pos,
+            attention_mask=attn,
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=N + 1,
+        )
+        self.cache = out.cache
+        self._last = (P, N, new_valid)
+        return out.logits[:, -(N + 1):, :].float()
+
+    def _layout(self, pending: list[list[int]], drafts: list[Draft | None], P: int, N: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``ids``, ``pos``, ``new_valid``, each ``[B, P + N]``: pending tokens left-padded to ``P``,
+        then each draft right-padded to ``N``; a node at depth d sits d places after the last
+        pending token."""
+        B = self.batch_size
         ids = torch.full((B, P + N), self.pad_token_id, dtype=torch.long)
         pos = torch.zeros((B, P + N), dtype=torch.long)
         new_valid = torch.zeros((B, P + N), dtype=torch.bool)
@@ -76,30 +109,10 @@ class CachedLM:
             if draft is not None and len(draft):
                 n = len(draft)
                 ids[b, P:P + n] = torch.tensor(draft.tokens)
-                # a node at depth d (a root child has d = 1) sits d places after the last pending token
                 base = next_pos[b] + n_p - 1
                 pos[b, P:P + n] = torch.tensor([base + draft.depth(i) for i in range(n)])
                 new_valid[b, P:P + n] = True
-        ids, pos, new_valid = ids.to(self.device), pos.to(self.device), new_valid.to(self.device)
-
-        all_valid = torch.cat([self.col_valid, new_valid], dim=1)  # [B, C + P + N]
-        if any(d is not None and not d.is_chain for d in drafts):
-            attn = self._tree_mask(P, drafts, new_valid)
-        elif bool(all_valid.all()):
-            attn = None  # plain causal attention: the model's fastest path
-        else:
-            attn = all_valid.long()  # 2-D padding mask; causality is added by the model
-        out = self.model(
-            input_ids=ids,
-            position_ids=pos,
-            attention_mask=attn,
-            cache=self.cache,
-            use_cache=True,
-            logits_to_keep=N + 1,
-        )
-        self.cache = out.cache
-        self._last = (P, N, new_valid)
-        return out.logits[:, -(N + 1):, :].float()
+        return ids.to(self.device), pos.to(self.device), new_valid.to(self.device)
 
     def _tree_mask(self, P: int, drafts: list[Draft | None], new_valid: torch.Tensor) -> torch.Tensor:
         """Float mask ``[B, 1, P + N, C + P + N]``: 0 where a query may attend, dtype-min elsewhere.
@@ -165,8 +178,12 @@ class CachedLM:
             self.cache.reorder_cache(idx)
         self.col_valid = self.col_valid.index_select(0, idx)
         self.next_pos = self.next_pos.index_select(0, idx)
+        self._holes = not bool(self.col_valid.all())
 
     def _crop_trailing_holes(self) -> None:
+        self._holes = not bool(self.col_valid.all())
+        if not self._holes:
+            return
         any_valid = self.col_valid.any(dim=0)
         C = self.col_valid.shape[1]
         nz = torch.nonzero(any_valid)
@@ -175,3 +192,4 @@ class CachedLM:
             self.col_valid = self.col_valid[:, :new_len]
             if self.cache is not None:
                 self.cache.crop(-(C - new_len))  # transformers 5: a negative count removes that many
+            self._holes = not bool(self.col_valid.all())
