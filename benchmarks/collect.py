@@ -8,6 +8,7 @@ this puts them on one page in a fixed order.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,13 +23,20 @@ against a baseline measured in the same run). Regenerate this page with
 """
 
 
+def _as_section(text: str) -> str:
+    """One page's markdown as a section: headings one level down, relative links into results/."""
+    if text.startswith("# "):
+        text = re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", text, flags=re.M)
+    return re.sub(r"\]\((?!https?:|/|#|results/)([^)]+)\)", r"](results/\1)", text)
+
+
 def main() -> None:
     results = ROOT / "docs" / "results"
     files = {p.stem: p for p in results.glob("*.md")}
     names = [n for n in ORDER if n in files] + sorted(n for n in files if n not in ORDER)
     parts = [HEADER]
     for n in names:
-        parts.append(files[n].read_text().strip() + "\n")
+        parts.append(_as_section(files[n].read_text().strip()) + "\n")
     (ROOT / "docs" / "benchmarks.md").write_text("\n".join(parts))
     print(f"docs/benchmarks.md: {', '.join(names)}")
 
