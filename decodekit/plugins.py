@@ -126,7 +126,8 @@ class Registry:
                 provider=impl.plugin_name,
                 distribution=dist.project_name if dist is not None else "decodekit",
                 version=dist.version if dist is not None else _host_version(),
-                hooks=[h for h in hookspecs.HOOK_NAMES if self.pm.parse_hookimpl_opts(factory, h) is not None],
+                hooks=[h for h in hookspecs.HOOK_NAMES  # pluggy < 1.6 raises for a missing attribute
+                       if hasattr(factory, h) and self.pm.parse_hookimpl_opts(factory, h) is not None],
             )
 
         try:
