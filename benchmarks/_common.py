@@ -43,8 +43,21 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+def add_device_args(ap) -> None:
+    """``--device`` / ``--dtype``, as in a pipeline file (auto: CUDA in bf16 when there is a GPU)."""
+    ap.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
+    ap.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+
+
+def result_name(name: str, device: torch.device) -> str:
+    """Results from a GPU go next to the CPU ones, as ``<name>_cuda``, instead of replacing them."""
+    return name if device.type == "cpu" else f"{name}_{device.type}"
+
+
 def write_result(name: str, markdown: str) -> Path:
-    out = ROOT / "docs" / "results" / f"{name}.md"
+    """Write docs/results/<name>.md (or into ``$DECODEKIT_RESULTS_DIR`` when that is set)."""
+    folder = Path(os.environ.get("DECODEKIT_RESULTS_DIR") or ROOT / "docs" / "results")
+    out = folder / f"{name}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(markdown)
     return out

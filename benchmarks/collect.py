@@ -33,7 +33,9 @@ def _as_section(text: str) -> str:
 def main() -> None:
     results = ROOT / "docs" / "results"
     files = {p.stem: p for p in results.glob("*.md")}
-    names = [n for n in ORDER if n in files] + sorted(n for n in files if n not in ORDER)
+    # each benchmark's CPU page, then its GPU page (<name>_cuda) if one was recorded
+    ordered = [v for n in ORDER for v in (n, f"{n}_cuda")]
+    names = [n for n in ordered if n in files] + sorted(n for n in files if n not in ordered)
     parts = [HEADER]
     for n in names:
         parts.append(_as_section(files[n].read_text().strip()) + "\n")

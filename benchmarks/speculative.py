@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, write_result  # noqa: E402
+from _common import add_device_args, machine, result_name, write_result  # noqa: E402
 
 from decodekit import Pipeline  # noqa: E402
 
@@ -139,7 +139,7 @@ def run_ours(pipe: Pipeline, counter: PassCounter, ids: list[int], n: int) -> tu
 
 @torch.inference_mode()
 def run_hf(model, counter: PassCounter, ids: list[int], n: int, **kw) -> tuple[list[int], float, int, float]:
-    x = torch.tensor([ids])
+    x = torch.tensor([ids], device=model.device)
     counter.reset()
     t0 = time.perf_counter()
     out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False, **kw)
@@ -156,9 +156,11 @@ def main() -> None:
     ap.add_argument("--hf-lookup", type=int, default=10, help="HF prompt_lookup_num_tokens")
     ap.add_argument("--issue-costs", action="store_true",
                     help="give the plugin the issue's CPU pass costs (verify_costs) instead of timing passes")
+    add_device_args(ap)
     args = ap.parse_args()
+    where = {"device": args.device, "dtype": args.dtype}
 
-    base = Pipeline("smollm2-135m", decoding={"strategy": "greedy", "max_new_tokens": args.new_tokens})
+    base = Pipeline("smollm2-135m", decoding={"strategy": "greedy", "max_new_tokens": args.new_tokens}, **where)
     model = base.model
     eos = sorted(base.eos_token_ids())
     model.generation_config.pad_token_id = base.pad_token_id
@@ -168,7 +170,7 @@ def main() -> None:
     extra = {"verify_costs": ISSUE_COSTS_MS} if args.issue_costs else {}
     for name, opts in PROPOSERS.items():
         pipe = Pipeline("smollm2-135m", decoding={"strategy": "greedy", "max_new_tokens": args.new_tokens},
-                        plugins=[{"name": "speculative", **opts, **extra}])
+                        plugins=[{"name": "speculative", **opts, **extra}], **where)
         methods[f"speculative: {name}"] = (lambda p: lambda ids, n: run_ours(p, counter, ids, n))(pipe)
     methods["HF generate greedy"] = lambda ids, n: run_hf(model, counter, ids, n, eos_token_id=eos)
     methods[f"HF prompt lookup ({args.hf_lookup})"] = lambda ids, n: run_hf(
@@ -205,33 +207,41 @@ def main() -> None:
             print(f"{set_name:8s} {name:38s} {tps:7.2f} tok/s  {tps / plain_tps:5.2f}x  modelled {mtps / plain_mtps:5.2f}x  "
                   f"{n_tok / max(passes, 1):5.2f} tok/pass  same={same[name]}", flush=True)
 
+    on_cpu = model.device.type == "cpu"
+    flags = "" if on_cpu else f" --device {args.device} --dtype {args.dtype}"
     lines = [
-        "# Speculative decoding on the embedded model",
+        "# Speculative decoding on the embedded model" + ("" if on_cpu else f" ({model.device.type})"),
         "",
-        f"Machine: {machine()}.",
+        f"Machine: {machine()}. Device {model.device}, {str(model.dtype).removeprefix('torch.')}.",
         "",
-        f"`python benchmarks/speculative.py --new-tokens {args.new_tokens} --rounds {args.rounds}`: greedy decoding "
+        f"`python benchmarks/speculative.py --new-tokens {args.new_tokens} --rounds {args.rounds}{flags}`: greedy decoding "
         f"of SmolLM2-135M-Instruct, up to {args.new_tokens} new tokens per prompt, {len(SETS['copy'])} prompts "
         "per set. tok/s counts new tokens over wall time; the speedup is over decodekit plain greedy on "
         "the same prompts in the same run; tok/pass is the mean number of tokens committed per target "
         "forward pass (HF: per forward call of the target model). \"same\" says whether the method "
         "produced exactly decodekit greedy's tokens.",
         "",
-        "\"modelled\" is the speedup the same passes would give at the issue's measured CPU costs "
+        "\"modelled\" (CPU runs only) is the speedup the same passes would give at the issue's measured CPU costs "
         "(one pass over 1 / 4 / 8 / 16 / 32 new tokens = 76 / 127 / 141 / 142 / 173 ms, interpolated; "
         "prefill left out; a layer-skip pass scaled by its share of layers): it does not depend on "
         "how loaded the machine was during the run.",
         "",
         "There is no second real model in this environment, so HF `generate(assistant_model=...)` is not "
-        "run, and the `draft_model` row drafts with the target itself (an acceptance ceiling: every draft "
-        "token is accepted, but each costs a full forward, so it cannot be faster).",
+        "run, and the `draft_model` row drafts with the target itself (every draft token "
+        "would be accepted, but each costs a full forward, so drafting cannot pay: the row shows that the "
+        "planner sees this from its timings and falls back to plain steps, at about 1.0x).",
         "",
-        "| prompt set | method | tok/s | speedup | modelled speedup | tok/pass | same |",
-        "| --- | --- | ---: | ---: | ---: | ---: | :---: |",
     ]
+    if on_cpu:
+        lines += ["| prompt set | method | tok/s | speedup | modelled speedup | tok/pass | same |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | :---: |"]
+    else:
+        lines += ["| prompt set | method | tok/s | speedup | tok/pass | same |",
+                  "| --- | --- | ---: | ---: | ---: | :---: |"]
     for set_name, name, tps, sp, msp, tpp, ok in rows:
-        lines.append(f"| {set_name} | {name} | {tps:.2f} | {sp:.2f}x | {msp:.2f}x | {tpp:.2f} | {'yes' if ok else 'NO'} |")
-    out = write_result("speculative", "\n".join(lines) + "\n")
+        modelled = f" {msp:.2f}x |" if on_cpu else ""
+        lines.append(f"| {set_name} | {name} | {tps:.2f} | {sp:.2f}x |{modelled} {tpp:.2f} | {'yes' if ok else 'NO'} |")
+    out = write_result(result_name("speculative", model.device), "\n".join(lines) + "\n")
     print(f"wrote {out}")
 
 
