@@ -34,6 +34,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from decodekit.types import Decision
 
 
+STRATEGY_PREFIX = "strategy:"  # how the host names the strategy among a call's plugins
+
+
 def _vocab_width(model: torch.nn.Module) -> int:
     return int(model.get_output_embeddings().weight.shape[0])
 
@@ -58,6 +61,7 @@ class Guidance:
         self.amateur: torch.nn.Module | None = None
         self.skip: list[int] | None = None
         self.window: WindowBranch | None = None
+        self._check_strategy(pipeline.config.decoding.strategy)
         if o.mode == "cfg":
             self._encode_negative(o, pipeline)
         elif o.amateur_context is not None:
@@ -102,6 +106,21 @@ class Guidance:
                              f"{_vocab_width(self.model)}: they must share the tokenizer")
         return model.to(pipeline.device).eval()
 
+    def _check_strategy(self, strategy: str) -> None:
+        """Refuse ``superposed`` when guidance needs its cached second pass.
+
+        That strategy runs its own loop and evaluates every draft with ``positions.is_draft``
+        set; a cached branch follows only the host's target passes and leaves such positions
+        unchanged, so guidance would be silently ignored. The windowed amateur
+        (``amateur_context``) is stateless and scores any position: it is allowed.
+        """
+        if strategy == "superposed" and self.active and self.options.amateur_context is None:
+            raise ConfigError(
+                "plugin 'guidance' (mode: cfg, or contrastive with amateur / amateur_skip_layers) does not "
+                "work with strategy 'superposed': that strategy scores its drafts in its own loop, which "
+                "guidance's cached second pass does not follow, so guidance would be ignored; use mode: "
+                "contrastive with amateur_context, or another strategy")
+
     @property
     def active(self) -> bool:
         """False for ``cfg`` with γ = 1, which leaves every distribution unchanged."""
@@ -125,6 +144,9 @@ class Guidance:
 
     @hookimpl
     def start(self, generation: Generation) -> None:
+        for name in generation.hooks.implementers("verify"):  # a call may override the strategy
+            if name.startswith(STRATEGY_PREFIX):
+                self._check_strategy(name[len(STRATEGY_PREFIX):])
         if not self.active or self.window is not None:
             return
         context = (lambda: skipping(self.amateur, self.skip)) if self.skip else None

@@ -15,7 +15,8 @@ strategy (greedy or sample) then picks from it. Between scored positions the log
 Drafts: every real position of a target pass (``positions.width > 1``) is scored along its own
 draft path with rollouts seeded from that path's prefix, so speculative decoding stays exact (and
 pays k · R rollouts per draft position). A drafter's own positions (``positions.is_draft``) are left
-unchanged, which only lowers acceptance.
+unchanged, which only lowers acceptance. For the same reason the ``superposed`` strategy, whose
+drafts are evaluated with ``is_draft`` set, is refused when the pipeline is validated.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ def load_baseline(spec: str, pipeline: Any) -> torch.nn.Module:
 
 class QStar:
     """Reward-guided rescoring over the reference model's top-k; see the module docstring."""
+
+    # Checked when the pipeline is validated. Not ``superposed``: that strategy evaluates its
+    # drafts with ``positions.is_draft`` set, which this rescorer leaves unchanged (a drafter's
+    # positions), so the reward would be silently ignored.
+    strategies = ("greedy", "sample", "beam", "diverse_beam")
 
     def __init__(self, options: QStarOptions, pipeline: Any):
         self.options = options

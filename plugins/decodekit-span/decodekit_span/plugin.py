@@ -83,6 +83,7 @@ class Span(TokenState[State]):
         allowed = torch.zeros(B, J, V, dtype=torch.bool)  # [B', J, V]
         forced = positions.generation.scratch(self).get("forced")
         states = positions.states(self) if forced is None else None
+        eos = set(self.eos_ids)
         for i in range(B):
             for j in range(positions.length(i)):
                 if forced is None:
@@ -90,8 +91,17 @@ class Span(TokenState[State]):
                     ids = list(toks) + (self.eos_ids if complete else [])
                 else:
                     ids = _forced_next(forced[positions.rows[i]], positions.generated(i, j))
-                # nothing continues (a dead draft position, never accepted): EOS keeps it well defined
-                allowed[i, j, ids or self.eos_ids] = True
+                if ids:
+                    allowed[i, j, ids] = True
+                    continue
+                path = positions.paths[i][j]
+                if path and path[-1] not in eos:
+                    # a draft node after a token this mask forbids: never accepted, so any token
+                    # will do (as the grammar plugin does); EOS alone could leave another mask's
+                    # AND empty at a position that cannot be reached
+                    allowed[i, j] = True
+                else:
+                    allowed[i, j, self.eos_ids] = True  # after the answer's EOS (ignore_eos): EOS again
         return allowed.to(logits.device)
 
 
