@@ -14,4 +14,5 @@ python benchmarks/alignment.py
 python benchmarks/grammar.py
 python benchmarks/span.py
 python benchmarks/superposed.py
+python benchmarks/composition.py --rounds 3 --max-new-tokens 64
 python benchmarks/collect.py
