@@ -32,13 +32,22 @@ def run(generation: Generation, pad_token_id: int) -> Iterator[list[list[int]]]:
     gen = generation
     hooks = gen.hooks
     start = time.perf_counter()
-    target = CachedLM(gen.model, gen.num_rows, pad_token_id)
-    pending = [list(t) for t in gen.tokens]  # prefill is the first step
     hooks.each("start", generation=gen)
+    gen._started = True
+    # Rows 0..B-1 are the generation's; each attached branch adds B twin rows after them, which
+    # follow their row in everything but the context (see Generation.attach_branch).
+    B = gen.num_rows
+    branches = list(gen._branches)
+    copies = 1 + len(branches)
+    target = CachedLM(gen.model, B * copies, pad_token_id)
+    pending = [list(t) for t in gen.tokens] + [c for key in branches for c in gen._branches[key]]
     try:
         while not all(gen.done):
             drafts = _drafts(gen)
-            logits = target.forward(pending, drafts)
+            logits = target.forward(pending, drafts * copies)  # [B * copies, 1 + N, V]
+            if branches:
+                gen._branch_logits = {key: logits[B * (k + 1):B * (k + 2)] for k, key in enumerate(branches)}
+                logits = logits[:B]
             positions = Positions.for_drafts(gen, drafts)
             logprobs = gen.process(positions, logits)
             decision: Decision | None = hooks.first(
@@ -48,13 +57,12 @@ def run(generation: Generation, pad_token_id: int) -> Iterator[list[list[int]]]:
                 raise RuntimeError("no plugin implements verify: the pipeline has no decoding strategy")
             active = [not d for d in gen.done]
             appended = gen.commit(decision, drafts)
-            target.commit(
-                [v.accepted[: max(0, len(a) - 1)] for v, a in zip(decision.verdicts, appended)],
-                decision.source_rows,
-            )
+            accepted = [v.accepted[: max(0, len(a) - 1)] for v, a in zip(decision.verdicts, appended)]
+            src = decision.source_rows
+            target.commit(accepted * copies, None if src is None else [B * k + s for k in range(copies) for s in src])
             _count(gen, drafts, appended, active)
             hooks.each("advance", generation=gen, decision=decision)
-            pending = [[t[-1]] for t in gen.tokens]
+            pending = [[t[-1]] for t in gen.tokens] * copies
             yield appended
     finally:
         gen.stats.wall_time_s = time.perf_counter() - start

@@ -50,6 +50,9 @@ class Generation:
     _scratch: dict[int, dict[str, Any]] = field(default_factory=dict)
     _token_states: dict[int, list[Any]] = field(default_factory=dict)
     _token_state_plugins: list[TokenState[Any]] = field(default_factory=list)
+    _branches: dict[int, list[list[int]]] = field(default_factory=dict)  # id(plugin) -> contexts
+    _branch_logits: dict[int, torch.Tensor] = field(default_factory=dict)
+    _started: bool = False
 
     def __post_init__(self) -> None:
         self.prompt_lengths = [len(t) for t in self.tokens]
@@ -78,6 +81,37 @@ class Generation:
     def state_of(self, plugin: TokenState[Any], row: int) -> Any:
         """``plugin``'s committed state for ``row``."""
         return self._token_states[id(plugin)][row]
+
+    # -- branches: extra rows in the target's own forward pass ---------------------------------
+
+    def attach_branch(self, plugin: object, contexts: list[list[int]]) -> None:
+        """Run a second context per row *inside* the target's forward pass (call from ``start``).
+
+        Row ``b``'s twin reads ``contexts[b]`` (at least one token) instead of row ``b``'s prompt,
+        then follows row ``b`` exactly: the same generated tokens, the same draft tree at every
+        pass, the same accepted nodes, the same beam reordering. Its logits at the target pass's
+        positions come from :meth:`branch_logits`. This is classifier-free guidance's
+        unconditional branch batched with the target (one forward of ``2B`` rows instead of two
+        of ``B``); the rows cost memory and compute like any batch rows, and never appear in
+        ``tokens``, the statistics or the results.
+        """
+        if self._started:
+            raise RuntimeError("attach_branch() must be called from the start hook")
+        if len(contexts) != self.num_rows:
+            raise ValueError(f"a branch needs one context per row: got {len(contexts)} for {self.num_rows} rows")
+        if any(len(c) == 0 for c in contexts):
+            raise ValueError("every branch context needs at least one token")
+        if id(plugin) in self._branches:
+            raise ValueError("this plugin already attached a branch in this call")
+        self._branches[id(plugin)] = [list(c) for c in contexts]
+
+    def branch_logits(self, plugin: object) -> torch.Tensor:
+        """``[B, 1 + N, V]`` float32 logits of ``plugin``'s branch at the current target pass."""
+        try:
+            return self._branch_logits[id(plugin)]
+        except KeyError:
+            raise RuntimeError("branch_logits(): this plugin attached no branch in start, "
+                               "or no target pass has run yet") from None
 
     # -- processing: logits -> p' --------------------------------------------------------------
 

@@ -141,6 +141,11 @@ def start(generation: Generation) -> None:
     between calls on the plugin object itself must be deliberate and documented (a token
     recycling matrix, an ASAp trie), never an accident.
 
+    A plugin that needs the target model's logits over a second context (one per row) attaches
+    it here with ``generation.attach_branch(self, contexts)``: the host runs those rows inside its
+    own forward pass and keeps them in step with their rows; ``generation.branch_logits(self)``
+    returns them at each target pass (classifier-free guidance's unconditional branch).
+
     Called on every plugin; the result is ignored.
     """
 

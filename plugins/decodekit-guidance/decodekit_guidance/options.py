@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-CFG_ONLY = ("guidance_scale", "negative_prompt", "negative_raw")
+CFG_ONLY = ("guidance_scale", "negative_prompt", "negative_raw", "batch_branch")
 CONTRASTIVE_ONLY = ("amateur", "amateur_context", "amateur_skip_layers", "amateur_temperature", "alpha", "beta",
                     "head")
 AMATEURS = ("amateur", "amateur_context", "amateur_skip_layers")
@@ -25,6 +25,9 @@ class GuidanceOptions(BaseModel):
                           "list with one of these (or null) per prompt of a batch; default: the last "
                           "prompt token (HF's convention)")
     negative_raw: bool = Field(False, description="encode a text negative prompt without the chat template")
+    batch_branch: bool = Field(
+        True, description="run the unconditional branch as extra rows of the target's own forward pass "
+                          "(one pass over 2B rows); false: a second forward pass with its own cache")
     # -- contrastive ---------------------------------------------------------------------------
     amateur: Any = Field(None, description="amateur model: an alias, a local HF directory, or a loaded model "
                                            "sharing the expert's tokenizer")

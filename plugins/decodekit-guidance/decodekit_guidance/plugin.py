@@ -2,8 +2,11 @@
 
 Per call (``generation.scratch(self)``):
 
-* ``cfg``: a :class:`~decodekit_guidance.branch.Branch` over the target model whose row ``b``
-  starts from the negative prompt of its prompt (or the last prompt token);
+* ``cfg``: the unconditional rows, row ``b`` starting from the negative prompt of its prompt (or
+  the last prompt token). By default they are attached to the target's own forward pass
+  (``generation.attach_branch``: one pass over ``2B`` rows, the host keeps them in step);
+  with ``batch_branch: false`` they are a :class:`~decodekit_guidance.branch.Branch`, a second
+  pass with its own cache;
 * ``contrastive`` with ``amateur`` or ``amateur_skip_layers``: a Branch over the amateur starting
   from the full prompt; with ``amateur_context`` no state at all (a
   :class:`~decodekit_guidance.branch.WindowBranch`).
@@ -149,6 +152,10 @@ class Guidance:
                 self._check_strategy(name[len(STRATEGY_PREFIX):])
         if not self.active or self.window is not None:
             return
+        if self.options.mode == "cfg" and self.options.batch_branch:
+            generation.attach_branch(self, self._start_ids(generation))
+            generation.scratch(self)["attached"] = True
+            return
         context = (lambda: skipping(self.amateur, self.skip)) if self.skip else None
         branch = Branch(self.amateur or self.model, self._start_ids(generation), generation,
                         self.pad_token_id, context)
@@ -164,10 +171,18 @@ class Guidance:
             return self._contrast(positions, logits, amateur)
         if positions.is_draft:
             return None
-        branch: Branch | None = positions.generation.scratch(self).get("branch")
-        if branch is None:
-            raise RuntimeError("guidance: rescore before start (the branch is set up in the start hook)")
-        other = branch.logits(positions).to(logits.device)  # [B, 1 + N, V]
+        gen = positions.generation
+        scratch = gen.scratch(self)
+        if scratch.get("attached"):
+            if positions.rows != list(range(gen.num_rows)):
+                raise ValueError("the guidance branch evaluates target passes over all rows only; "
+                                 f"got positions for rows {positions.rows}")
+            other = gen.branch_logits(self)  # [B, 1 + N, V], from the target's own pass
+        else:
+            branch: Branch | None = scratch.get("branch")
+            if branch is None:
+                raise RuntimeError("guidance: rescore before start (the branch is set up in the start hook)")
+            other = branch.logits(positions).to(logits.device)  # [B, 1 + N, V]
         if other.shape != logits.shape:
             raise ValueError(f"branch logits {tuple(other.shape)} do not match the target's {tuple(logits.shape)}")
         if o.mode == "cfg":

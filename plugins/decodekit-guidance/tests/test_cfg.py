@@ -202,3 +202,50 @@ def test_rows_finishing_early_under_speculation(llama, tok, script_proposer, tre
                     plugins=[script_proposer(want, k=5, tree=tree, vocab=len(tok)), opts]).generate(PROMPTS)
     assert [c.token_ids for c in spec.completions] == want
     assert [c.finish_reason for c in spec.completions] == reasons
+
+
+# -- the unconditional branch batched into the target's forward pass ---------------------------
+
+def _count_forwards(model) -> tuple[list[int], object]:
+    calls = [0]
+    handle = model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls, handle
+
+
+@pytest.mark.parametrize("decoding", [
+    {"strategy": "greedy"},
+    {"strategy": "sample", "seed": 5, "temperature": 0.8},
+    {"strategy": "beam", "num_beams": 3},
+])
+def test_batched_branch_equals_a_separate_pass(llama, tok, script_proposer, decoding):
+    """batch_branch (the default) and batch_branch: false give the same tokens, batches with their
+    own negative prompts included; the batched form runs one forward per step, the other two."""
+    dec = {**decoding, "max_new_tokens": 16}
+    negs = ["a dull sentence", None, "zz"]
+    results = {}
+    for batched in (True, False):
+        opts = {"name": "guidance", "guidance_scale": 2.0, "negative_prompt": negs, "batch_branch": batched}
+        pipe = Pipeline(llama, tokenizer=tok, decoding=dec, plugins=[opts])
+        calls, handle = _count_forwards(llama)
+        try:
+            res = pipe.generate(PROMPTS)
+        finally:
+            handle.remove()
+        results[batched] = [[s.token_ids for s in c.sequences] or c.token_ids for c in res.completions]
+        assert calls[0] == res.stats.target_passes * (1 if batched else 2), (batched, decoding)
+    assert results[True] == results[False], decoding
+
+
+@pytest.mark.parametrize("tree", [False, True])
+def test_batched_branch_follows_drafts(tiny, tok, script_proposer, tree):
+    """Under speculation the twin rows see the same draft tree; accepted nodes are kept alike."""
+    arch, model = tiny
+    opts = {"name": "guidance", "guidance_scale": 2.0, "negative_prompt": "a dull sentence"}
+    dec = {"max_new_tokens": 20}
+    want = [Pipeline(model, tokenizer=tok, decoding=dec, plugins=[{**opts, "batch_branch": False}])
+            .generate(p).token_ids for p in PROMPTS]
+    spec = Pipeline(model, tokenizer=tok, decoding=dec,
+                    plugins=[script_proposer(want, k=4, tree=tree, vocab=len(tok)), opts])
+    res = spec.generate(PROMPTS)
+    assert [c.token_ids for c in res.completions] == want, arch
+    assert res.stats.accepted_draft_tokens > 0
