@@ -38,7 +38,9 @@ class DecodingConfig(BaseModel):
 
     strategy: str = Field("greedy", description="a registered strategy: greedy, sample, beam, ...")
     max_new_tokens: int = Field(128, ge=1)
-    seed: int | None = Field(None, description="seeds every row's random generator")
+    seed: int | list[int] | None = Field(
+        None, description="seeds every row's random generator; a list gives each prompt of a batch its own "
+                          "seed (a batch then equals its prompts run one by one with those seeds)")
     stop: list[str] = Field(default_factory=list, description="stop when the text contains any of these")
     ignore_eos: bool = Field(False, description="keep going past the end-of-sequence token")
 

@@ -152,8 +152,8 @@ class Pipeline:
         ids = [self.encode(p, raw) for p in items]
         k = int(getattr(strategy, "rows_per_prompt", 1))
         rows = [list(p) for p in ids for _ in range(k)]
-        seed = decoding.seed if decoding.seed is not None else int(torch.randint(0, 2**62, ()).item())
-        gens = [torch.Generator(device=self.device).manual_seed(seed) for _ in rows]
+        gens = [torch.Generator(device=self.device).manual_seed(s) for s in self._seeds(decoding.seed, len(ids))
+                for _ in range(k)]
         gen = Generation(
             model=self.model, tokenizer=self.tokenizer, hooks=hooks, tokens=rows,
             limits=Limits(decoding.max_new_tokens,
@@ -163,6 +163,18 @@ class Pipeline:
         )
         gen.init_token_states([p for _, p in hooks.pm.list_name_plugin()])
         return gen, len(items)
+
+    @staticmethod
+    def _seeds(seed: int | list[int] | None, n_prompts: int) -> list[int]:
+        """One seed per prompt: the call's seed for all, a list's own, or one fresh random seed."""
+        if isinstance(seed, list):
+            if len(seed) != n_prompts:
+                raise ConfigError(f"decoding.seed: {len(seed)} seeds for {n_prompts} prompt(s); "
+                                  "give one seed, or a list with one per prompt")
+            return list(seed)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()).item())
+        return [seed] * n_prompts
 
     def eos_token_ids(self) -> frozenset[int]:
         ids: set[int] = set()

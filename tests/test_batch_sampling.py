@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.stats import chi2_contingency
 
-from decodekit import Draft, Pipeline, hookimpl
+from decodekit import ConfigError, Draft, Pipeline, hookimpl
 from decodekit.builtins.sampling import MinP, Temperature, TopK, TopP
 from decodekit.testing import tiny_model, tiny_tokenizer
 
@@ -24,6 +24,22 @@ def test_batch_equals_one_by_one(tiny, tok, decoding):
     batch = pipe.generate(PROMPTS)
     singles = [pipe.generate(p).token_ids for p in PROMPTS]
     assert [c.token_ids for c in batch.completions] == singles
+
+
+def test_a_seed_per_prompt_equals_the_prompts_run_alone(llama, tok):
+    pipe = Pipeline(llama, tokenizer=tok, decoding={"strategy": "sample", "max_new_tokens": 20})
+    prompts, seeds = ["hello", "hello", "abc"], [3, 4, 3]
+    batch = [c.token_ids for c in pipe.generate(prompts, seed=seeds).completions]
+    assert batch == [pipe.generate(p, seed=s).token_ids for p, s in zip(prompts, seeds)]
+    assert batch[0] != batch[1]  # same prompt, other seed
+    beam = Pipeline(llama, tokenizer=tok, decoding={"strategy": "beam", "num_beams": 2, "max_new_tokens": 6})
+    assert len(beam.generate(prompts, seed=seeds).completions) == 3  # rows of a prompt share its seed
+
+
+def test_a_seed_list_of_the_wrong_length_is_refused(llama, tok):
+    pipe = Pipeline(llama, tokenizer=tok, decoding={"strategy": "sample", "max_new_tokens": 4})
+    with pytest.raises(ConfigError, match="2 seeds for 3 prompt"):
+        pipe.generate(["a", "b", "c"], seed=[1, 2])
 
 
 def test_seeded_sampling_repeats_and_seeds_differ(llama, tok):
