@@ -15,26 +15,9 @@ import pytest
 import torch
 
 from decodekit import Pipeline, TokenState, hookimpl
-from decodekit.testing import tiny_model, tiny_tokenizer
+from decodekit.testing_fixtures import llama, tiny, tok  # noqa: F401  (shared fixtures)
 
-ARCHS = ["llama", "gpt2", "qwen2"]
 REFERENCE = Path(__file__).parent / "data" / "hf_group_beam_reference.json"
-
-
-@pytest.fixture(scope="session")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="session", params=ARCHS)
-def tiny(request, tok):
-    """(arch, model) for each tiny random architecture."""
-    return request.param, tiny_model(request.param, tok)
-
-
-@pytest.fixture(scope="session")
-def llama(tok):
-    return tiny_model("llama", tok)
 
 
 @pytest.fixture(scope="session")

@@ -9,14 +9,10 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # momentum_helpers (tests run with importlib mode)
 
-from decodekit.testing import tiny_model, tiny_tokenizer  # noqa: E402
+from decodekit.testing import tiny_model  # noqa: E402
+from decodekit.testing_fixtures import tok  # noqa: F401  (shared fixtures)
 
 ARCHS = ["llama", "gpt2", "qwen2"]
-
-
-@pytest.fixture(scope="session")
-def tok():
-    return tiny_tokenizer()
 
 
 @pytest.fixture(scope="session", params=ARCHS)

@@ -4,22 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from decodekit.testing import tiny_model, tiny_tokenizer
+from decodekit.testing_fixtures import tiny, tok  # noqa: F401  (shared fixtures)
 
-ARCHS = ["llama", "gpt2", "qwen2"]
 PASSAGE = "the quick brown fox jumps over the lazy dog."
 EMBEDDED_PASSAGE = "The Eiffel Tower, completed in 1889, is 330 metres tall and stands in Paris."
-
-
-@pytest.fixture(scope="session")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="session", params=ARCHS)
-def tiny(request, tok):
-    """(arch, model) for each tiny random architecture."""
-    return request.param, tiny_model(request.param, tok)
 
 
 @pytest.fixture(scope="session")
