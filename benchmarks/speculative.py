@@ -20,6 +20,7 @@ pass; writes docs/results/speculative.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -147,6 +148,18 @@ def run_hf(model, counter: PassCounter, ids: list[int], n: int, **kw) -> tuple[l
     return out[0, len(ids):].tolist(), dt, counter.n, counter.modelled_ms
 
 
+def truncated_draft(model: torch.nn.Module, keep: int) -> torch.nn.Module:
+    """A separate, smaller HF model to draft with: the target's first ``keep`` decoder layers, its
+    final norm and its LM head (a copy). The only real model here is the target, so this is the
+    one draft that both decodekit's ``draft_model`` and HF's ``assistant_model`` can use."""
+    draft = copy.deepcopy(model)
+    draft.model.layers = draft.model.layers[:keep]
+    draft.config.num_hidden_layers = keep
+    if getattr(draft.config, "layer_types", None):
+        draft.config.layer_types = draft.config.layer_types[:keep]
+    return draft.eval()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--new-tokens", type=int, default=96)
@@ -154,6 +167,9 @@ def main() -> None:
     ap.add_argument("--sets", default="copy,summary,chat")
     ap.add_argument("--methods", default="", help="comma-separated subset of method names (default: all)")
     ap.add_argument("--hf-lookup", type=int, default=10, help="HF prompt_lookup_num_tokens")
+    ap.add_argument("--truncated-draft", type=int, default=0, metavar="K",
+                    help="also run decodekit draft_model and HF assistant_model with the target's first K "
+                         "layers as the draft (0: skip)")
     ap.add_argument("--issue-costs", action="store_true",
                     help="give the plugin the issue's CPU pass costs (verify_costs) instead of timing passes")
     add_device_args(ap)
@@ -172,6 +188,18 @@ def main() -> None:
         pipe = Pipeline("smollm2-135m", decoding={"strategy": "greedy", "max_new_tokens": args.new_tokens},
                         plugins=[{"name": "speculative", **opts, **extra}], **where)
         methods[f"speculative: {name}"] = (lambda p: lambda ids, n: run_ours(p, counter, ids, n))(pipe)
+    if args.truncated_draft:
+        from decodekit_speculative.options import SpeculativeOptions
+        from decodekit_speculative.plugin import Speculative
+
+        draft = truncated_draft(model, args.truncated_draft)
+        dec = {"strategy": "greedy", "max_new_tokens": args.new_tokens}
+        plug = Speculative(SpeculativeOptions(proposer="draft_model", **extra), base, draft_model=draft)
+        pipe = Pipeline(model, tokenizer=base.tokenizer, decoding=dec, plugins=[plug])
+        label = f"first {args.truncated_draft} layers"
+        methods[f"speculative: draft_model ({label})"] = (lambda p: lambda ids, n: run_ours(p, counter, ids, n))(pipe)
+        methods[f"HF assistant_model ({label})"] = lambda ids, n: run_hf(
+            model, counter, ids, n, eos_token_id=eos, assistant_model=draft)
     methods["HF generate greedy"] = lambda ids, n: run_hf(model, counter, ids, n, eos_token_id=eos)
     methods[f"HF prompt lookup ({args.hf_lookup})"] = lambda ids, n: run_hf(
         model, counter, ids, n, eos_token_id=eos, prompt_lookup_num_tokens=args.hf_lookup)
@@ -226,8 +254,10 @@ def main() -> None:
         "prefill left out; a layer-skip pass scaled by its share of layers): it does not depend on "
         "how loaded the machine was during the run.",
         "",
-        "There is no second real model in this environment, so HF `generate(assistant_model=...)` is not "
-        "run, and the `draft_model` row drafts with the target itself (every draft token "
+        "There is no second real model in this environment. With `--truncated-draft K`, decodekit's "
+        "`draft_model` and HF `generate(assistant_model=...)` both draft with a copy of the target cut to "
+        "its first K layers (same tokenizer, a weak draft: it shows the two side by side, not a good "
+        "draft). The `draft_model (self-draft)` row drafts with the target itself (every draft token "
         "would be accepted, but each costs a full forward, so drafting cannot pay: the row shows that the "
         "planner sees this from its timings and falls back to plain steps, at about 1.0x).",
         "",
