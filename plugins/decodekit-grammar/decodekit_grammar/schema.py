@@ -100,8 +100,9 @@ def outlines_regex(schema: Any) -> str:
 # it does not know. Three rewrites widen coverage without ever admitting an invalid output:
 #
 # * ``oneOf`` is read as ``anyOf`` only when every ``oneOf`` in the schema has pairwise exclusive
-#   branches (different types, disjoint ``const``/``enum`` values, or a required property whose
-#   allowed constants differ / which the other branch forbids): then "at least one" = "exactly one".
+#   branches (different types, disjoint ``const``/``enum`` values, or — when a branch or the schema
+#   holding the ``oneOf`` admits objects only — a required property whose allowed constants differ /
+#   which the other branch forbids): then "at least one" = "exactly one".
 # * ``dependencies`` / ``dependentRequired`` / ``dependentSchemas``: a property ``a`` with a
 #   dependency is forbidden (``properties[a] = false``) unless ``a`` is required, in which case a
 #   dependency list becomes required too (to a fixpoint); a schema dependency on a required
@@ -171,7 +172,9 @@ def _forbids(node: dict, prop: str) -> bool:
     return node.get("additionalProperties") is False and prop not in props and not node.get("patternProperties")
 
 
-def _exclusive(root: Any, a: Any, b: Any) -> bool:
+def _exclusive(root: Any, a: Any, b: Any, objects_only: bool = False) -> bool:
+    """No instance is valid under both ``a`` and ``b`` (False when unsure). ``objects_only``:
+    the schema holding the ``oneOf`` admits objects only."""
     a, b = _resolve(root, a), _resolve(root, b)
     if not isinstance(a, dict) or not isinstance(b, dict):
         return a is False or b is False
@@ -183,6 +186,10 @@ def _exclusive(root: Any, a: Any, b: Any) -> bool:
     va, vb = _values(a), _values(b)
     if va is not None and vb is not None and _disjoint_values(va, vb):
         return True
+    # ``required`` / ``properties`` say nothing about non-objects: a string or an array is valid
+    # under both branches unless one of them (or the schema holding the oneOf) admits objects only
+    if not (objects_only or (ta is not None and ta <= {"object"}) or (tb is not None and tb <= {"object"})):
+        return False
     ra, rb = set(a.get("required") or []), set(b.get("required") or [])
     for p in ra & rb:
         pa = _values(_resolve(root, (a.get("properties") or {}).get(p)))
@@ -248,9 +255,11 @@ def for_llguidance(schema: Any) -> tuple[Any, bool]:
         _rewrite_dependencies(node, where)
         branches = node.get("oneOf")
         if isinstance(branches, list):
+            own = _types(node)
+            objects_only = own is not None and own <= {"object"}
             for i in range(len(branches)):
                 for j in range(i + 1, len(branches)):
-                    if not _exclusive(root, branches[i], branches[j]):
+                    if not _exclusive(root, branches[i], branches[j], objects_only):
                         exclusive[0] = False
         for k, sub in enumerate(_subschemas(node)):
             walk(sub, f"{where}/{k}", seen)

@@ -267,3 +267,43 @@ def test_outlines_refuses_huge_regexes_up_front():
     big = "|".join(f"k{i:05d}" for i in range(MAX_REGEX_CHARS // 6 + 10))
     with pytest.raises(ValueError, match="would not fit in memory"):
         compile_("outlines", regex=big)
+
+
+def test_llguidance_giving_up_on_an_allowed_token_is_a_clear_error():
+    """llguidance 1.9 allows ``{`` for this schema, then fails on it ("lexer error: too many
+    expressions constructed", a resource limit hit by the bounded repetition). ``step`` must not
+    return None there: the plugin reads None as a rejected draft token (state DEAD, all-True
+    masks), which for a committed token would leave the rest of the output unconstrained."""
+    from decodekit_grammar.backends.llg import EngineLimitError
+
+    words = {"type": "string", "minLength": 1, "maxLength": 5000, "pattern": r"^$|(^(?:\S+\s+){0,99}\S+$)"}
+    a = compile_("llguidance", json_schema={"type": "object", "properties": {"q": words, "r": words},
+                                            "required": ["q", "r"], "additionalProperties": False})
+    s = a.initial()
+    for t in [i for i in range(VOCAB.size) if a.allowed(s)[i]]:
+        try:  # a later llguidance may cope with the schema: then every allowed token steps
+            assert a.step(s, t) is not None, f"allowed token {VOCAB.tokens[t]!r} was rejected"
+        except EngineLimitError as e:
+            assert str(e).startswith("json_schema: llguidance gave up after the allowed token")
+            assert "too complex" in str(e)
+
+
+def test_one_of_told_apart_by_properties_only_is_refused_when_non_objects_fit():
+    """``required`` / ``additionalProperties`` constrain objects only: with no ``type``, a string
+    is valid under both branches, so reading this ``oneOf`` as ``anyOf`` would let it through
+    (found on JSONSchemaBench: random walks produced ``[" falls threat"]``)."""
+    branches = [{"properties": {"first": {"type": "string"}}, "required": ["first"]},
+                {"properties": {"car": {"type": "string"}}, "additionalProperties": False}]
+    with pytest.raises(ValueError, match="oneOf has branches that may overlap"):
+        compile_("llguidance", json_schema={"type": "array", "items": {"oneOf": branches}})
+    assert schemas.for_llguidance({"oneOf": branches})[1] is False
+    # objects only (the schema holding the oneOf, or one branch): the branches exclude each other
+    assert schemas.for_llguidance({"type": "object", "oneOf": branches})[1] is True
+    assert schemas.for_llguidance({"oneOf": [dict(branches[0], type="object"), branches[1]]})[1] is True
+    schema = {"type": "array", "items": {"type": "object", "oneOf": branches}, "maxItems": 2}
+    a = compile_("llguidance", json_schema=schema)
+    rng = random.Random(0)
+    outs = [o for o in (random_walk(a, rng, stop=0.5) for _ in range(40)) if o is not None]
+    assert outs
+    for o in outs:
+        jsonschema.validate(json.loads(o.decode()), schema)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from decodekit.errors import DecodekitError
 from decodekit_grammar.backends.base import Automaton
 from decodekit_grammar.vocab import TokenVocab
 
@@ -52,6 +53,18 @@ def format_error(message: str, what: str) -> str:
     if m:
         first = f"line {m.group(1)}, column {m.group(2)}: {m.group(3)}"
     return f"{what}: {first}"
+
+
+class EngineLimitError(DecodekitError):
+    """llguidance failed on a token its own mask allowed (a lexer or parser resource limit)."""
+
+    def __init__(self, description: str, token: bytes, message: str):
+        text = (message or "").strip()
+        lines = [ln for ln in text.splitlines() if ln.startswith(("Error:", "Stop:"))]
+        why = "; ".join(lines) or (text.splitlines() or ["no message"])[0]
+        super().__init__(f"{description}: llguidance gave up after the allowed token {token!r} ({why}); "
+                         f"the constraint is too complex for its limits, so generation stops here "
+                         f"rather than continue unconstrained")
 
 
 class MatcherState:
@@ -93,6 +106,12 @@ class LLGuidanceAutomaton(Automaton):
             return None
         m = state.matcher.deep_copy()
         if not m.consume_token(token) or m.is_error():
+            if self.allowed(state)[token]:
+                # the mask allowed the token but the matcher failed on it: llguidance hit one of
+                # its resource limits (e.g. "lexer error: too many expressions constructed" on
+                # a bounded-repetition pattern). Returning None would end the constraint (a
+                # rejected draft token) and leave the rest of the output unconstrained.
+                raise EngineLimitError(self.description, self.vocab.tokens[token], m.get_error())
             return None
         return MatcherState(m)
 
