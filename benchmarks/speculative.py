@@ -83,7 +83,11 @@ PROPOSERS = {
     "prompt_lookup": {"proposer": "prompt_lookup"},
     "token_recycling": {"proposer": "token_recycling"},
     "layer_skip": {"proposer": "layer_skip"},
+    "layer_skip (dynamic tree)": {"proposer": "layer_skip", "tree": "dynamic"},
+    "aded": {"proposer": "aded"},
     "draft_model (self-draft)": {"proposer": "draft_model", "draft": "smollm2-135m"},
+    "heads medusa (shipped)": {"proposer": "heads", "head_kind": "medusa"},
+    "heads hydra (shipped)": {"proposer": "heads", "head_kind": "hydra"},
 }
 
 

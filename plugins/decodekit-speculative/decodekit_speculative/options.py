@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Proposer = Literal["prompt_lookup", "token_recycling", "draft_model", "layer_skip"]
+Proposer = Literal["prompt_lookup", "token_recycling", "draft_model", "layer_skip", "heads", "aded"]
 
 
 class SpeculativeOptions(BaseModel):
@@ -18,7 +18,7 @@ class SpeculativeOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    proposer: Proposer = Field("prompt_lookup", description="prompt_lookup | token_recycling | draft_model | layer_skip")
+    proposer: Proposer = Field("prompt_lookup", description="prompt_lookup | token_recycling | draft_model | layer_skip | heads | aded")
     max_draft_tokens: int = Field(16, ge=1, le=256, description="most draft nodes per row and step (chain or tree)")
     adaptive: bool = Field(True, description="choose each draft's length / tree size from the recent acceptance "
                                              "and the measured cost of a target pass; False: always draft the most")
@@ -31,7 +31,8 @@ class SpeculativeOptions(BaseModel):
     ngram_max: int = Field(8, ge=1, description="prompt_lookup: suffix matches longer than this count as this long")
 
     # token_recycling
-    top_k: int = Field(8, ge=1, le=64, description="token_recycling: next-token candidates kept per token")
+    top_k: int = Field(8, ge=1, le=64, description="token_recycling: next-token candidates kept per token; "
+                                                   "heads: candidates per head; aded: candidates per context")
 
     # draft_model
     draft: str | None = Field(None, description="draft_model: alias or local directory of a causal LM "
@@ -45,6 +46,24 @@ class SpeculativeOptions(BaseModel):
                                                                "skip_layers is not given")
     search: bool = Field(False, description="layer_skip: pick the layers to skip on the first call by measuring, "
                                             "on its prompt, how little skipping each layer changes the target's argmax")
+
+    # aded
+    explore: float = Field(0.5, ge=0.0, description="aded: weight of the PUCT exploration bonus for candidates "
+                                                    "rarely drafted in their context (0: pure exploitation)")
+    persist_table: bool = Field(True, description="aded: keep the tri-gram table across calls of the pipeline "
+                                                  "(false: start every call from an empty table)")
+
+    # draft_model, layer_skip
+    tree: Literal["chain", "dynamic"] = Field("chain", description="draft_model / layer_skip: chain drafts, or "
+                                              "dynamic trees grown by the draft's probabilities (DySpec)")
+
+    # heads
+    heads: str | None = Field(None, description="heads: directory of trained draft heads (python -m "
+                                                "decodekit_speculative.train_heads); default: the shipped heads "
+                                                "of smollm2-135m")
+    head_kind: Literal["medusa", "hydra"] | None = Field(
+        None, description="heads: medusa (independent heads) or hydra (each head also sees the token drafted "
+                          "before it); picks the shipped set, or checks the kind of the heads given")
 
     @field_validator("verify_costs")
     @classmethod
@@ -68,6 +87,13 @@ class SpeculativeOptions(BaseModel):
             raise ValueError(f"ngram_min ({self.ngram_min}) must be <= ngram_max ({self.ngram_max})")
         if self.draft is not None and self.proposer != "draft_model":
             raise ValueError(f"draft is an option of proposer draft_model, not of {self.proposer}")
+        if (self.heads is not None or self.head_kind is not None) and self.proposer != "heads":
+            raise ValueError(f"heads / head_kind are options of proposer heads, not of {self.proposer}")
+        if self.tree == "dynamic" and self.proposer not in ("draft_model", "layer_skip"):
+            raise ValueError(f"tree: dynamic needs draft probabilities (proposer draft_model or layer_skip), "
+                             f"not {self.proposer}")
+        if {"explore", "persist_table"} & self.model_fields_set and self.proposer != "aded":
+            raise ValueError(f"explore / persist_table are options of proposer aded, not of {self.proposer}")
         if (self.skip_layers is not None or self.search) and self.proposer != "layer_skip":
             raise ValueError(f"skip_layers / search are options of proposer layer_skip, not of {self.proposer}")
         return self

@@ -1,7 +1,7 @@
 """The ``speculative`` plugin object: ``propose`` drafts, the strategy's ``verify`` checks them.
 
 This plugin implements ``start``, ``propose``, ``rescore`` (read-only: it returns None and only
-feeds token recycling's matrix) and ``advance``. It does *not* implement ``verify``: the
+feeds token recycling's matrix or ADED's table) and ``advance``. It does *not* implement ``verify``: the
 pipeline's strategy verifies every draft exactly (``greedy``: accept while the draft equals
 argmax p'; ``sample``: recursive rejection sampling over siblings, one-hot q for deterministic
 nodes, min(1, p'/q') and the residual norm(max(0, p' - q')) for sampled ones). Those verifiers
@@ -14,7 +14,8 @@ State, and where it lives:
   the time their pass started, the drafter's KV cache;
 * on the plugin object, on purpose (they describe the model, the device and the workload, and
   only change *which* drafts are proposed, never what is accepted): the measured cost of target
-  passes, the acceptance estimates, token recycling's adjacency matrix, the layer-skip set.
+  passes, the acceptance estimates, token recycling's adjacency matrix, ADED's tri-gram table
+  (``aded.py``), the dynamic trees' estimates (``dynamic_tree.py``), the layer-skip set.
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ from decodekit.positions import Positions
 from decodekit.types import Decision, Draft
 
 from decodekit_speculative import layerskip, lookup
+from decodekit_speculative.aded import AdedTable
 from decodekit_speculative.drafter import DrafterState, ModelDrafter
+from decodekit_speculative.dynamic_tree import DynamicTree
+from decodekit_speculative.heads import DraftHeads, HeadProposer
 from decodekit_speculative.options import SpeculativeOptions
 from decodekit_speculative.planning import CostModel, RankStats, plan_chain, plan_tree, tree_template
 from decodekit_speculative.recycling import AdjacencyMatrix
+from decodekit_speculative.trees import TreeInfo
 
 # Prior acceptance before anything is observed.
 LOOKUP_PRIOR = (0.35, 0.45, 0.55, 0.65, 0.75, 0.8, 0.85)  # per match-length bucket (lookup.BUCKETS);
@@ -69,7 +74,7 @@ class Speculative:
     name = "speculative"
 
     def __init__(self, options: SpeculativeOptions | None = None, pipeline: Any = None, *,
-                 draft_model: torch.nn.Module | None = None):
+                 draft_model: torch.nn.Module | None = None, draft_heads: DraftHeads | None = None):
         if pipeline is None:
             raise ValueError("speculative needs the pipeline (its model and tokenizer)")
         o = self.options = options or SpeculativeOptions()
@@ -80,6 +85,9 @@ class Speculative:
         self.matrix: AdjacencyMatrix | None = None
         self.drafter: ModelDrafter | None = None
         self.skip: list[int] | None = None
+        self.aded = AdedTable(min(o.top_k, self.vocab_size), o.explore) if o.proposer == "aded" else None
+        self.dytree = DynamicTree() if o.tree == "dynamic" else None  # draft_model / layer_skip
+        self.heads: HeadProposer | None = None  # proposer heads: trained draft heads (heads.py)
         # keyed by (match-length bucket, anchored)
         self.lookup_stats = {(k, anc): RankStats([min(0.9, p + 0.15 * anc)])
                              for k, p in enumerate(LOOKUP_PRIOR) for anc in (False, True)}
@@ -88,6 +96,10 @@ class Speculative:
         self.model_stats = RankStats([MODEL_PRIOR])
         if draft_model is not None and o.proposer != "draft_model":
             raise ValueError(f"a draft_model object is only used by proposer draft_model, not {o.proposer}")
+        if draft_heads is not None and o.proposer != "heads":
+            raise ValueError(f"a draft_heads object is only used by proposer heads, not {o.proposer}")
+        if o.proposer == "heads":
+            self.heads = HeadProposer(o, pipeline, self.costs, draft_heads)
         if o.proposer == "token_recycling":
             self.matrix = AdjacencyMatrix(self.vocab_size, o.top_k)
         elif o.proposer == "draft_model":
@@ -129,10 +141,14 @@ class Speculative:
     def start(self, generation: Generation) -> None:
         st = CallState()
         generation.scratch(self)["state"] = st
+        if self.aded is not None and not self.options.persist_table:
+            self.aded.reset()
         if self.options.proposer == "layer_skip" and self.drafter is None:  # search: true, first call
             self._use_skip(layerskip.search_skip_set(self.target, generation.tokens[0], self.options.skip_ratio))
         if self.drafter is not None:
             st.drafter = self.drafter.start(generation)
+        if self.heads is not None:
+            self.heads.start(generation)
 
     @hookimpl
     def propose(self, generation: Generation) -> list[Draft | None] | None:
@@ -149,6 +165,11 @@ class Speculative:
             self._propose_lookup(gen, st, active, cost)
         elif proposer == "token_recycling":
             self._propose_recycling(gen, st, active, cost)
+        elif proposer == "aded":
+            st.drafts, st.info = self.aded.propose(gen, active, cost, self.options.max_draft_tokens,
+                                                   self.options.adaptive)
+        elif proposer == "heads":
+            st.drafts, st.info = self.heads.propose(gen, active, cost)
         else:
             self._propose_model(gen, st, active, cost)
         st.rows = len(active)
@@ -159,6 +180,8 @@ class Speculative:
     @hookimpl
     def rescore(self, positions: Positions, logits: torch.Tensor) -> None:
         """Token recycling reads the target's scores here; the logits are left as they are."""
+        if self.aded is not None and not positions.is_draft:
+            self.aded.rescore(positions, logits)
         if self.matrix is None or positions.is_draft:
             return None
         gen = positions.generation
@@ -185,9 +208,21 @@ class Speculative:
                 self._observe(d, st.info[b], v.accepted)
         for s in [*self.lookup_stats.values(), self.recycling_stats, self.model_stats]:
             s.step()
+        for tree_stats in (self.aded, self.dytree):
+            if tree_stats is not None:
+                tree_stats.step()
         if st.drafter is not None and self.drafter is not None:
             self.drafter.commit(generation, st.drafter, st.drafts, decision)
+        if self.heads is not None:
+            self.heads.advance(generation, decision)
         st.step += 1
+
+    @hookimpl
+    def finish(self, generation: Generation) -> None:
+        """Proposer heads: remove the hidden-state hook from the target (if still there)."""
+        if self.heads is not None:
+            self.heads.finish(generation)
+        return None
 
     # -- proposers -----------------------------------------------------------------------------
 
@@ -226,6 +261,11 @@ class Speculative:
 
     def _propose_model(self, gen: Generation, st: CallState, active: list[int], cost) -> None:
         o = self.options
+        if self.dytree is not None:  # tree: dynamic (dynamic_tree.py)
+            sample = not any(isinstance(p, Greedy) for p in gen.hooks.pm.get_plugins())
+            st.drafts, st.info = self.dytree.propose(gen, self.drafter, st.drafter, active, self.costs,
+                                                     st.step == 0, o.max_draft_tokens, o.adaptive, sample)
+            return
         n = plan_chain(self.model_stats.rate()[0], o.max_draft_tokens, cost) if o.adaptive else o.max_draft_tokens
         if n == 0 or not active:
             return
@@ -241,7 +281,13 @@ class Speculative:
 
     def _observe(self, draft: Draft, info: Any, accepted: list[int]) -> None:
         """Count, at the root and each accepted node, which candidate (if any) was accepted."""
+        if isinstance(info, TreeInfo):  # aded, tree: dynamic: their own statistics
+            info.observe(draft, accepted)
+            return
         proposer = self.options.proposer
+        if proposer == "heads":
+            self.heads.observe(draft, info, accepted)
+            return
         if proposer == "token_recycling":
             ranks: list[int] = info
             node = -1

@@ -8,8 +8,9 @@ import torch
 
 from decodekit import Decision, Pipeline, Verdict, engine, hookimpl
 from decodekit_speculative import Speculative, SpeculativeOptions
+from decodekit_speculative.heads import DraftHeads
 
-PROPOSERS = ["prompt_lookup", "token_recycling", "draft_model", "layer_skip"]
+PROPOSERS = ["prompt_lookup", "token_recycling", "draft_model", "layer_skip", "heads"]
 FLAT = {1: 1.0, 256: 1.0}  # verify_costs: drafting is free, so the planner always drafts
 
 
@@ -79,13 +80,20 @@ class AcceptEverything:
         return Decision(verdicts)
 
 
-def speculative(model, tok, decoding, proposer: str, *, draft=None, extra=(), **options) -> Pipeline:
-    """A pipeline ``[speculative, *extra]`` (speculative first, as a config would list it)."""
+def tiny_heads(model, kind: str = "medusa", seed: int = 0) -> DraftHeads:
+    """Random (untrained) draft heads for a tiny model, for proposer ``heads``."""
+    return DraftHeads(model.get_output_embeddings().weight.shape[1], 3, kind).randomize(seed)
+
+
+def speculative(model, tok, decoding, proposer: str, *, draft=None, extra=(), heads=None, **options) -> Pipeline:
+    """A pipeline ``[speculative, *extra]`` (speculative first, as a config would list it);
+    ``heads``: draft heads for proposer ``heads`` (default: random ones, :func:`tiny_heads`)."""
     base = Pipeline(model, tokenizer=tok, decoding=decoding)
     if proposer == "layer_skip":
         options.setdefault("skip_layers", [1])
     opts = SpeculativeOptions(proposer=proposer, **options)
-    plug = Speculative(opts, base, draft_model=draft if proposer == "draft_model" else None)
+    plug = Speculative(opts, base, draft_model=draft if proposer == "draft_model" else None,
+                       draft_heads=(heads if heads is not None else tiny_heads(model)) if proposer == "heads" else None)
     return Pipeline(model, tokenizer=tok, decoding=decoding, plugins=[plug, *extra])
 
 
