@@ -68,7 +68,8 @@ from decodekit.generation import Generation
 from decodekit.positions import Positions
 from decodekit.types import Draft
 
-from decodekit_speculative.trees import EdgeCalibration, TreeInfo, best_prefix
+from decodekit_speculative.planning import best_prefix
+from decodekit_speculative.trees import EdgeCalibration, TreeInfo
 
 TABLE_DECAY = 0.6        # gamma: weight of the older observations of a context
 MAX_CONTEXTS = 1 << 18   # tri-gram entries kept (least recently scored dropped first)

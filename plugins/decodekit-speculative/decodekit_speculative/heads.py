@@ -54,7 +54,7 @@ from torch import nn
 from decodekit.generation import Generation
 from decodekit.types import Decision, Draft
 
-from decodekit_speculative.planning import CostModel, RankStats, sizes_up_to
+from decodekit_speculative.planning import CostModel, RankStats, best_prefix
 
 FORMAT = "decodekit-heads/1"
 WEIGHTS = "heads.safetensors"
@@ -255,15 +255,7 @@ def plan_depth_tree(rates: list[list[float]], max_nodes: int, cost: "callable"
                     ) -> list[tuple[int, int, int, float]]:
     """The prefix of :func:`depth_tree_template` maximising ``(1 + sum reach) / cost(size)``."""
     template = depth_tree_template(rates, max_nodes)
-    gains = [1.0]
-    for *_, reach in template:
-        gains.append(gains[-1] + reach)
-    best, best_rate = 0, 1.0 / cost(0)
-    for n in sizes_up_to(len(template))[1:]:
-        r = gains[n] / cost(n)
-        if r > best_rate * (1 + 1e-9):
-            best, best_rate = n, r
-    return template[:best]
+    return template[:best_prefix([reach for *_, reach in template], cost)]
 
 
 def prior_rates(meta: dict[str, Any] | None, num_heads: int, k: int) -> list[list[float]]:

@@ -21,6 +21,7 @@ import heapq
 import math
 import statistics
 from dataclasses import dataclass, field
+from typing import Callable
 
 # Draft sizes the planner considers: few distinct pass widths keep the cost table small.
 SIZE_GRID = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256)
@@ -185,15 +186,24 @@ def tree_template(rates: list[float], max_nodes: int) -> list[tuple[int, int, fl
 def plan_tree(rates: list[float], max_nodes: int, cost: "callable") -> list[tuple[int, int, float]]:
     """The prefix of :func:`tree_template` whose size maximises ``(1 + sum reach) / cost(size)``."""
     template = tree_template(rates, max_nodes)
+    return template[:best_prefix([reach for _, _, reach in template], cost)]
+
+
+def best_prefix(reach: list[float], cost: Callable[[int], float]) -> int:
+    """The ``N`` in ``0..len(reach)`` maximising ``(1 + sum(reach[:N])) / cost(N)``.
+
+    Only the planner's size grid is considered (few distinct pass widths keep the cost table
+    small). ``reach`` is in the order the nodes were added, so every prefix is a tree.
+    """
     gains = [1.0]
-    for _, _, reach in template:
-        gains.append(gains[-1] + reach)
+    for r in reach:
+        gains.append(gains[-1] + r)
     best, best_rate = 0, 1.0 / cost(0)
-    for n in sizes_up_to(len(template))[1:]:
-        r = gains[n] / cost(n)
-        if r > best_rate * (1 + 1e-9):
-            best, best_rate = n, r
-    return template[:best]
+    for n in sizes_up_to(len(reach))[1:]:
+        rate = gains[n] / cost(n)
+        if rate > best_rate * (1 + 1e-9):
+            best, best_rate = n, rate
+    return best
 
 
 def clamp_rate(a: float) -> float:

@@ -6,16 +6,12 @@ the product along its path of per-edge acceptance estimates ``a = min(1, lambda 
 target's probability; DySpec: the draft model's ``q'``) and ``lambda`` a calibration factor
 learned from what verification really accepted (:class:`EdgeCalibration`). A step that drafts
 ``N`` nodes then commits ``1 + sum(reach)`` tokens in expectation and costs ``cost(N)``;
-:func:`best_prefix` picks the ``N`` with the best ratio.
+:func:`decodekit_speculative.planning.best_prefix` picks the ``N`` with the best ratio.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 from decodekit.types import Draft
-
-from decodekit_speculative.planning import sizes_up_to
 
 LAMBDA_RANGE = (0.05, 20.0)
 
@@ -56,23 +52,6 @@ class EdgeCalibration:
     def step(self) -> None:
         self.hits *= self.decay
         self.predicted *= self.decay
-
-
-def best_prefix(reach: list[float], cost: Callable[[int], float]) -> int:
-    """The ``N`` in ``0..len(reach)`` maximising ``(1 + sum(reach[:N])) / cost(N)``.
-
-    Only the planner's size grid is considered (few distinct pass widths keep the cost table
-    small). ``reach`` is in the order the nodes were added, so every prefix is a tree.
-    """
-    gains = [1.0]
-    for r in reach:
-        gains.append(gains[-1] + r)
-    best, best_rate = 0, 1.0 / cost(0)
-    for n in sizes_up_to(len(reach))[1:]:
-        rate = gains[n] / cost(n)
-        if rate > best_rate * (1 + 1e-9):
-            best, best_rate = n, rate
-    return best
 
 
 class TreeInfo:

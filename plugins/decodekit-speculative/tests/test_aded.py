@@ -11,7 +11,8 @@ from decodekit import ConfigError, Pipeline
 from decodekit.testing import tiny_model, tiny_tokenizer
 from decodekit.types import Draft
 from decodekit_speculative.aded import AdedTable, Entry
-from decodekit_speculative.trees import EdgeCalibration, best_prefix
+from decodekit_speculative.planning import best_prefix
+from decodekit_speculative.trees import EdgeCalibration
 
 from speculative_helpers import FLAT, BanTokens, Bias, sample_many, speculative
 from test_greedy_exact import BAN, BIAS, DECODING, PROMPTS
