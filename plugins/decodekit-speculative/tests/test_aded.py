@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from decodekit import ConfigError, Pipeline
-from decodekit.testing import tiny_model, tiny_tokenizer
+from decodekit.testing import tiny_model
 from decodekit.types import Draft
 from decodekit_speculative.aded import AdedTable, Entry
 from decodekit_speculative.planning import best_prefix
@@ -19,11 +19,6 @@ from test_greedy_exact import BAN, BIAS, DECODING, PROMPTS
 from test_sampling_exact import ALPHA, N, PROMPT, chi_square_pvalue, reference
 from test_sampling_exact import BAN as SAMPLE_BAN, BIAS as SAMPLE_BIAS
 from test_sampling_exact import setup  # noqa: F401  (fixture)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
 
 
 # -- the table -------------------------------------------------------------------------------

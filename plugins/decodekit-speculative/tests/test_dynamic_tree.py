@@ -104,11 +104,6 @@ def test_options():
 
 # -- exactness -------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
 @pytest.mark.parametrize("proposer", MODEL_PROPOSERS)
 def test_greedy_is_token_identical_with_mask_and_rescore(tok, arch, proposer):

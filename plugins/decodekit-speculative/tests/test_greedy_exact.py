@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from decodekit import Pipeline
-from decodekit.testing import tiny_model, tiny_tokenizer
+from decodekit.testing import tiny_model
 
 from speculative_helpers import FLAT, PROPOSERS, BanTokens, Bias, speculative
 
@@ -26,11 +26,6 @@ PROMPTS = [
 DECODING = {"strategy": "greedy", "max_new_tokens": 24}
 BAN = [7, 8, 30]          # three character ids of the tiny tokenizer
 BIAS = {10: 1.5, 20: -2.0}
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2", "qwen2"])

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from decodekit import ConfigError, Pipeline, hookimpl
-from decodekit.testing import tiny_model, tiny_tokenizer
+from decodekit.testing import tiny_model
 from decodekit_speculative import Speculative, SpeculativeOptions
 from decodekit_speculative import heads as H
 from decodekit_speculative import train_heads as T
@@ -28,16 +28,6 @@ from test_sampling_exact import PROMPT as S_PROMPT
 from test_sampling_exact import setup  # noqa: F401  (fixture)
 
 KINDS = ["medusa", "hydra"]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def llama(tok):
-    return tiny_model("llama", tok)
 
 
 def lm_hooks(model) -> int:

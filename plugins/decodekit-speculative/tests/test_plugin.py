@@ -8,21 +8,11 @@ import torch
 
 from decodekit import ConfigError, Pipeline
 from decodekit.plugins import get_registry
-from decodekit.testing import tiny_model, tiny_tokenizer
+from decodekit.testing import tiny_model
 from decodekit_speculative import layerskip, lookup, planning
 from decodekit_speculative.recycling import AdjacencyMatrix
 
 from speculative_helpers import speculative
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def llama(tok):
-    return tiny_model("llama", tok)
 
 
 def four_layers(arch, tok):
