@@ -36,6 +36,8 @@ class CostModel:
 
     ``fixed`` (the ``verify_costs`` option) maps ``s`` to a relative cost and turns timing off;
     sizes in between are interpolated linearly, beyond the largest one held constant.
+    Until the plain pass (``s = 1``) has been timed ``MIN_SAMPLES`` times, wider passes cost
+    infinity: drafting is judged against plain decoding, so that is measured first.
     Measured mode keeps the last ``WINDOW`` timings of a pass per ``(rows, s)`` and uses their
     median, so that a pass slowed down by another process on the machine does not stop a width
     from being used for good; an unmeasured ``s`` is interpolated between measured neighbours, or
@@ -59,6 +61,10 @@ class CostModel:
         recent.append(seconds)
         del recent[:-WINDOW]
 
+    def trusted(self, rows: int, s: int) -> bool:
+        """Whether a pass of width ``s`` over ``rows`` rows has been timed often enough to trust."""
+        return len(self.timings.get((rows, s), ())) >= MIN_SAMPLES
+
     def record_draft(self, seconds: float) -> None:
         if self.fixed is None:
             old = self.draft_seconds
@@ -68,6 +74,10 @@ class CostModel:
         """Cost of a pass over ``s`` new tokens for ``rows`` rows (seconds, or relative units)."""
         if self.fixed is not None:
             return _interpolate(self.fixed, s, flat_beyond=True)
+        if s > 1 and not self.trusted(rows, 1):
+            # every draft is weighed against a plain pass: time plain passes first, or a proposer
+            # that always finds something to draft would never measure what it competes with
+            return math.inf
         # widths timed at least MIN_SAMPLES times are trusted; a width timed once or twice (maybe
         # during a load spike) counts at most as its trusted neighbours predict, so it is retried
         timed = {k[1]: v for k, v in self.timings.items() if k[0] == rows}

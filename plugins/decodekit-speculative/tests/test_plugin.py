@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -116,6 +118,9 @@ def test_cost_model_interpolates_and_records():
     assert fixed.cost(1, 50) == pytest.approx(2.0)
     m = planning.CostModel()
     assert m.cost(1, 1) == pytest.approx(1.0)
+    assert m.cost(1, 5) == math.inf  # nothing to weigh a draft against before plain passes are timed
+    m.record(1, 9, 0.14)
+    assert m.cost(1, 9) == math.inf and not m.trusted(1, 1)
     for _ in range(3):
         m.record(1, 1, 0.07)
         m.record(1, 9, 0.14)
