@@ -176,9 +176,13 @@ def main() -> None:
                          "layers as the draft (0: skip)")
     ap.add_argument("--issue-costs", action="store_true",
                     help="give the plugin the issue's CPU pass costs (verify_costs) instead of timing passes")
+    ap.add_argument("--cpu-kernels", default="default", choices=["default", "onednn"],
+                    help="onednn: every method (HF's rows too: they share the model) runs the linear layers "
+                         "through oneDNN with packed weights (decodekit/onednn.py); results go to "
+                         "speculative_onednn.md")
     add_device_args(ap)
     args = ap.parse_args()
-    where = {"device": args.device, "dtype": args.dtype}
+    where = {"device": args.device, "dtype": args.dtype, "cpu_kernels": args.cpu_kernels}
 
     base = Pipeline("smollm2-135m", decoding={"strategy": "greedy", "max_new_tokens": args.new_tokens}, **where)
     model = base.model
@@ -241,8 +245,14 @@ def main() -> None:
 
     on_cpu = model.device.type == "cpu"
     flags = "" if on_cpu else f" --device {args.device} --dtype {args.dtype}"
+    onednn = args.cpu_kernels == "onednn"
+    if onednn:
+        flags += " --cpu-kernels onednn"
+    if args.truncated_draft:
+        flags += f" --truncated-draft {args.truncated_draft}"
     lines = [
-        "# Speculative decoding on the embedded model" + ("" if on_cpu else f" ({model.device.type})"),
+        "# Speculative decoding on the embedded model" + ("" if on_cpu else f" ({model.device.type})")
+        + (", oneDNN CPU kernels" if onednn else ""),
         "",
         f"Machine: {machine()}. Device {model.device}, {str(model.dtype).removeprefix('torch.')}.",
         "",
@@ -266,6 +276,12 @@ def main() -> None:
         "planner sees this from its timings and falls back to plain steps, at about 1.0x).",
         "",
     ]
+    if onednn:
+        lines += ["`--cpu-kernels onednn`: the model's linear layers run through oneDNN with pre-packed weights "
+                  "(`cpu_kernels: onednn`, decodekit/onednn.py), for every row of this table, HF's included (they "
+                  "share the model object). A pass over several new tokens then costs little more than a "
+                  "plain one, so the speedups are over a plain greedy that is itself faster than with torch's "
+                  "default kernels (compare the tok/s with speculative.md).", ""]
     if on_cpu:
         lines += ["| prompt set | method | tok/s | speedup | modelled speedup | tok/pass | same |",
                   "| --- | --- | ---: | ---: | ---: | ---: | :---: |"]
@@ -275,7 +291,8 @@ def main() -> None:
     for set_name, name, tps, sp, msp, tpp, ok in rows:
         modelled = f" {msp:.2f}x |" if on_cpu else ""
         lines.append(f"| {set_name} | {name} | {tps:.2f} | {sp:.2f}x |{modelled} {tpp:.2f} | {'yes' if ok else 'NO'} |")
-    out = write_result(result_name("speculative", model.device), "\n".join(lines) + "\n")
+    name = "speculative_onednn" if onednn else "speculative"
+    out = write_result(result_name(name, model.device), "\n".join(lines) + "\n")
     print(f"wrote {out}")
 
 

@@ -70,7 +70,7 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 @lru_cache(maxsize=4)
-def _load(path: str, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
+def _load(path: str, device: str, dtype: torch.dtype, cpu_kernels: str = "default") -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -81,11 +81,21 @@ def _load(path: str, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
     finally:
         hf_logging.enable_progress_bar()
     model.to(device).eval()
+    if cpu_kernels == "onednn":
+        from decodekit.onednn import pack_linears
+
+        pack_linears(model)
     return model, tokenizer
 
 
-def load(spec: str, device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:
-    """``(model, tokenizer)`` for ``spec`` on ``device`` in ``dtype`` (weights shared per process)."""
+def load(spec: str, device: str = "auto", dtype: str = "auto", cpu_kernels: str = "default") -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for ``spec`` on ``device`` in ``dtype`` (weights shared per process).
+
+    ``cpu_kernels="onednn"``: the linear layers run through oneDNN with packed weights
+    (:mod:`decodekit.onednn`); such a model is loaded and shared apart from the plain one.
+    """
+    if cpu_kernels not in ("default", "onednn"):
+        raise ConfigError(f"cpu_kernels {cpu_kernels!r}: use default or onednn")
     path = resolve(spec)
     dev = pick_device(device)
-    return _load(str(path), str(dev), pick_dtype(dtype, dev))
+    return _load(str(path), str(dev), pick_dtype(dtype, dev), cpu_kernels)

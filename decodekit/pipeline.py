@@ -24,6 +24,7 @@ from decodekit.errors import ConfigError, DecodekitError
 from decodekit.generation import Generation, Limits
 from decodekit.hooks import HookRunner
 from decodekit.models import DEFAULT_MODEL, load
+from decodekit.onednn import pack_linears
 from decodekit.streaming import TextStream
 from decodekit.types import Completion, Result, Sequence
 
@@ -43,11 +44,12 @@ class Pipeline:
 
     def __init__(self, model: Any = DEFAULT_MODEL, decoding: dict[str, Any] | None = None,
                  plugins: list[Any] | tuple[Any, ...] = (), *, tokenizer: Any = None,
-                 device: str = "auto", dtype: str = "auto", chat: bool = True, source: str = "<python>"):
+                 device: str = "auto", dtype: str = "auto", cpu_kernels: str = "default", chat: bool = True,
+                 source: str = "<python>"):
         entries = [p for p in plugins if isinstance(p, dict)]
         data = {
             "model": model if isinstance(model, str) else "<object>",
-            "device": device, "dtype": dtype, "chat": chat,
+            "device": device, "dtype": dtype, "cpu_kernels": cpu_kernels, "chat": chat,
             "decoding": dict(decoding or {}), "plugins": entries,
         }
         self.source = source
@@ -55,7 +57,7 @@ class Pipeline:
         self.config: PipelineConfig = self.resolved.config
         if isinstance(model, (str, Path)):
             try:
-                self.model, loaded_tok = load(str(model), device, dtype)
+                self.model, loaded_tok = load(str(model), device, dtype, cpu_kernels)
             except DecodekitError as e:
                 raise type(e)(f"{source}: {e}") from None
             self.tokenizer = tokenizer or loaded_tok
@@ -63,6 +65,11 @@ class Pipeline:
             if tokenizer is None:
                 raise ConfigError(f"{source}: a model object needs its tokenizer: Pipeline(model, tokenizer=...)")
             self.model, self.tokenizer = model, tokenizer
+            if cpu_kernels == "onednn":
+                try:
+                    pack_linears(self.model)  # in place: the caller's model object runs through oneDNN from now on
+                except ConfigError as e:
+                    raise ConfigError(f"{source}: {e}") from None
         self.device = next(self.model.parameters()).device
         built = iter(self._build(name, info, opts) for name, info, opts in self.resolved.plugins)
         self.plugins: list[tuple[str, object]] = []
@@ -97,6 +104,7 @@ class Pipeline:
         validate(data, source)  # report errors against the file before loading a model
         cfg = PipelineConfig.model_validate(data)
         return cls(cfg.model, cfg.decoding.model_dump(), cfg.plugins, device=cfg.device, dtype=cfg.dtype,
+                   cpu_kernels=cfg.cpu_kernels,
                    chat=cfg.chat, source=source, **kwargs)
 
     # -- prompts -------------------------------------------------------------------------------

@@ -1,0 +1,78 @@
+"""``cpu_kernels: onednn``: packed oneDNN linears give the same results as torch's, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from decodekit import ConfigError, Pipeline
+from decodekit import onednn
+from decodekit.config import read_file, validate
+from decodekit.testing import tiny_model
+
+pytestmark = pytest.mark.skipif(not onednn.available(), reason="this torch build has no oneDNN")
+
+
+def fresh(arch: str, tok) -> torch.nn.Module:
+    return tiny_model(arch, tok)  # not the shared fixture: packing changes the model in place
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 7, 16, 33])
+def test_packed_linear_equals_linear(rows):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(48, 80, bias=True)
+    packed = onednn.PackedLinear(lin)
+    x = torch.randn(2, rows, 48)
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x), lin(x), rtol=1e-5, atol=1e-5)
+    assert packed.weight is lin.weight and packed.out_features == 80
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_packed_model_keeps_logits_and_greedy_tokens(arch, tok):
+    plain = Pipeline(fresh(arch, tok), tokenizer=tok, decoding={"max_new_tokens": 16})
+    model = fresh(arch, tok)
+    packed = Pipeline(model, tokenizer=tok, decoding={"max_new_tokens": 16}, cpu_kernels="onednn")
+    assert any(isinstance(m, onednn.PackedLinear) for m in model.modules())
+    assert not any(type(m) is torch.nn.Linear for m in model.modules())
+    ids = torch.tensor([plain.encode("the quick brown fox")])
+    with torch.inference_mode():
+        torch.testing.assert_close(packed.model(ids).logits, plain.model(ids).logits, rtol=1e-4, atol=1e-4)
+    for p in ["hello world", "1, 2, 3, 4,", "abc abc abc"]:
+        assert packed.generate(p).token_ids == plain.generate(p).token_ids, p
+
+
+def test_speculative_stays_exact_with_packed_kernels(tok):
+    plain = Pipeline(fresh("llama", tok), tokenizer=tok, decoding={"max_new_tokens": 24})
+    model = fresh("llama", tok)
+    pipe = Pipeline(model, tokenizer=tok, decoding={"max_new_tokens": 24}, cpu_kernels="onednn",
+                    plugins=[{"name": "speculative", "proposer": "prompt_lookup", "verify_costs": {1: 1.0, 64: 1.0}}])
+    for p in ["abc abc abc abc", "hello hello world hello"]:
+        r = pipe.generate(p)
+        assert r.token_ids == plain.generate(p).token_ids, p
+    assert r.stats.row_passes < len(r.token_ids)  # drafts were accepted, through the packed kernels
+
+
+def test_bad_cpu_kernels_are_clear_errors(tok):
+    with pytest.raises(ConfigError, match="cpu_kernels"):
+        Pipeline(fresh("llama", tok), tokenizer=tok, cpu_kernels="fast")
+    half = fresh("llama", tok).to(torch.bfloat16)
+    with pytest.raises(ConfigError, match="float32 model on the CPU; this one is bfloat16 on cpu"):
+        Pipeline(half, tokenizer=tok, cpu_kernels="onednn")
+
+
+def test_pipeline_file_takes_cpu_kernels(tmp_path):
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("cpu_kernels: onednn\ndecoding: {max_new_tokens: 4}\n")
+    assert validate(read_file(cfg), str(cfg)).config.cpu_kernels == "onednn"
+    cfg.write_text("cpu_kernels: turbo\n")
+    with pytest.raises(ConfigError, match="cpu_kernels"):
+        validate(read_file(cfg), str(cfg))
+
+
+@pytest.mark.embedded
+def test_embedded_model_greedy_is_unchanged_by_packed_kernels(embedded):
+    packed = Pipeline("smollm2-135m", cpu_kernels="onednn")
+    assert packed.model is not embedded.model  # loaded and cached apart from the plain model
+    for p in ["What is the capital of France?", "Write a haiku about the sea.", "Why do cats purr?"]:
+        assert packed.generate(p, max_new_tokens=32).token_ids == embedded.generate(p, max_new_tokens=32).token_ids, p
