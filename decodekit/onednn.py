@@ -21,6 +21,8 @@ file.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from decodekit.errors import ConfigError
@@ -50,6 +52,15 @@ class PackedLinear(torch.nn.Module):
         flat = x.reshape(-1, self.in_features)  # [M, in]
         y = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")  # [M, out]
         return y.reshape(*x.shape[:-1], self.out_features)
+
+    def __deepcopy__(self, memo: dict) -> "PackedLinear":
+        """oneDNN's packed tensor has no storage to copy: pack the copied weight again."""
+        linear = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        linear.weight = copy.deepcopy(self.weight, memo)  # memo keeps tied weights tied
+        linear.bias = copy.deepcopy(self.bias, memo)
+        new = PackedLinear(linear)
+        memo[id(self)] = new
+        return new
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, onednn packed"

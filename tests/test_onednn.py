@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -26,6 +28,10 @@ def test_packed_linear_equals_linear(rows):
     with torch.inference_mode():
         torch.testing.assert_close(packed(x), lin(x), rtol=1e-5, atol=1e-5)
     assert packed.weight is lin.weight and packed.out_features == 80
+    twin = copy.deepcopy(packed)  # e.g. a truncated copy of the target as a draft model
+    assert twin.weight is not packed.weight
+    with torch.inference_mode():
+        torch.testing.assert_close(twin(x), packed(x))
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
