@@ -219,8 +219,12 @@ class DynamicTree:
         base = costs.cost(rows_n, 1)
 
         def cost(n: int) -> float:  # a verify pass with n nodes, plus the drafting they need
+            if n == 0:
+                return base  # a plain step: no drafter forward at all
             verify = base if first_step else costs.cost(rows_n, 1 + n)
-            return verify + per_draft * self.forwards_per_node * n
+            # the root forward (catching up on committed tokens, q' at the root) is paid by any
+            # draft, then about forwards_per_node forwards per node as the tree grows
+            return verify + per_draft * (1.0 + self.forwards_per_node * n)
 
         if not active or (adaptive and plan_chain(self.depth_rate.rate()[0], max_nodes, cost) == 0):
             return drafts, infos  # not even a good chain would pay: no drafter forward this step
@@ -267,8 +271,7 @@ class DynamicTree:
                 self.first_factor = 0.9 * self.first_factor + 0.1 * sum(row.first) / len(row.first)
         if nodes:
             self.forwards_per_node = 0.8 * self.forwards_per_node + 0.2 * (forwards - 1) * len(rows) / nodes
-        if forwards > 1:
-            costs.record_draft((time.perf_counter() - t0) / forwards)
+        costs.record_draft((time.perf_counter() - t0) / forwards)  # the root forward counts too
         return drafts, infos
 
     # -- statistics ------------------------------------------------------------------------------

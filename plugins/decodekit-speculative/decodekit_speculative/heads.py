@@ -23,7 +23,8 @@ logits (position 0 = after the last pending token, ``1 + i`` = after draft node 
 verify, row ``b``'s hidden state is at ``1 + accepted[-1]`` (or 0 when nothing was accepted).
 The hook is removed when every row is done, in ``finish``, and in any case when the call's state
 is garbage collected (``weakref.finalize``); it holds only a weak reference to that state. The
-heads' own LM-head products use the weight directly (``F.linear``), so they never trigger it.
+heads' own LM-head products call the head's ``forward`` directly (its own kernel, oneDNN when
+the model was packed with ``cpu_kernels: onednn``), so they never trigger it.
 
 Drafts are token trees, best-first by estimated acceptance as in token recycling: a template of
 ``(parent, depth, rank)`` nodes whose reach (product of per-depth, per-rank acceptance rates along
@@ -393,7 +394,8 @@ class HeadProposer:
 
     def _logits(self, s: torch.Tensor) -> torch.Tensor:
         head = self.model.get_output_embeddings()
-        return F.linear(s, head.weight, head.bias)  # the target's own LM head (no hook fires)
+        # the target's own LM head through its own kernel (oneDNN when packed); .forward: no hook fires
+        return head.forward(s)
 
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(tokens)
