@@ -1,0 +1,134 @@
+"""What one target pass costs on this CPU with torch's default kernels and with ``cpu_kernels: onednn``.
+
+Speculative decoding pays one target pass over ``s = 1 + N`` new tokens per step; the ratio
+``cost(s) / cost(1)`` decides whether a draft of ``N`` tokens can pay at all. This times, on the
+embedded model (float32) after a cached context of ``--context`` tokens, a forward pass over
+``s`` new tokens for both kernel choices, side by side in one process (interleaved, median of
+``--reps``), and plain greedy decoding with decodekit and with HF ``generate`` on each model.
+Writes docs/results/cpu_kernels.md.
+
+    python benchmarks/cpu_kernels.py [--reps 9] [--context 200] [--new-tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, write_result  # noqa: E402
+
+from decodekit import Pipeline  # noqa: E402
+
+WIDTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+PROMPTS = ["What are some good habits for staying productive when working from home?",
+           "Tell me a short story about a lighthouse keeper and a seagull."]
+
+
+@torch.inference_mode()
+def pass_ms(model, context: torch.Tensor, s: int) -> float:
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    model(context, past_key_values=cache, use_cache=True)
+    new = torch.randint(100, 20000, (1, s), generator=torch.Generator().manual_seed(s))
+    t0 = time.perf_counter()
+    model(new, past_key_values=cache, use_cache=True)
+    return (time.perf_counter() - t0) * 1e3
+
+
+@torch.inference_mode()
+def hf_greedy_tps(model, ids: list[int], n: int, eos: list[int]) -> tuple[list[int], float]:
+    x = torch.tensor([ids])
+    t0 = time.perf_counter()
+    out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False, eos_token_id=eos)
+    return out[0, len(ids):].tolist(), time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--context", type=int, default=200)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    args = ap.parse_args()
+
+    kinds = ("default", "onednn")
+    pipes = {k: Pipeline("smollm2-135m", decoding={"strategy": "greedy"}, device="cpu", dtype="float32",
+                         cpu_kernels=k) for k in kinds}
+    for p in pipes.values():
+        p.model.generation_config.pad_token_id = p.pad_token_id
+    context = torch.randint(100, 20000, (1, args.context), generator=torch.Generator().manual_seed(0))
+    times = {(k, s): [] for k in kinds for s in WIDTHS}
+    for k in kinds:  # warm-up
+        pass_ms(pipes[k].model, context, 4)
+    for _ in range(args.reps):
+        for s in WIDTHS:
+            for k in kinds:
+                times[k, s].append(pass_ms(pipes[k].model, context, s))
+    med = {key: statistics.median(v) for key, v in times.items()}
+    for s in WIDTHS:
+        print(f"s={s:3d}  default {med['default', s]:7.1f} ms  onednn {med['onednn', s]:7.1f} ms", flush=True)
+
+    # plain greedy, decodekit and HF generate, on each model
+    decode = {}
+    for k in kinds:
+        pipe = pipes[k]
+        eos = sorted(pipe.eos_token_ids())
+        ours_n = ours_s = hf_n = hf_s = 0.0
+        same = True
+        for prompt in PROMPTS:
+            ids = pipe.encode(prompt)
+            t0 = time.perf_counter()
+            r = pipe.generate(ids, max_new_tokens=args.new_tokens)
+            ours_s += time.perf_counter() - t0
+            ours_n += len(r.token_ids)
+            toks, dt = hf_greedy_tps(pipe.model, ids, args.new_tokens, eos)
+            hf_n, hf_s = hf_n + len(toks), hf_s + dt
+            same &= toks == r.token_ids
+        decode[k] = (ours_n / ours_s, hf_n / hf_s, same)
+        print(f"{k}: decodekit greedy {ours_n / ours_s:.2f} tok/s, HF generate {hf_n / hf_s:.2f} tok/s, same={same}")
+    same_kernels = all(pipes["default"].generate(p, max_new_tokens=args.new_tokens).token_ids
+                       == pipes["onednn"].generate(p, max_new_tokens=args.new_tokens).token_ids for p in PROMPTS)
+
+    lines = [
+        "# CPU kernels: what a target pass costs",
+        "",
+        f"Machine: {machine()}.",
+        "",
+        f"`python benchmarks/cpu_kernels.py --reps {args.reps} --context {args.context} --new-tokens {args.new_tokens}`: "
+        f"SmolLM2-135M-Instruct in float32. One forward pass over *s* new tokens after a cached context of "
+        f"{args.context} tokens, median of {args.reps} (the two kernel choices interleaved), with torch's default "
+        "linear kernels (MKL sgemm) and with `cpu_kernels: onednn` (decodekit/onednn.py: oneDNN with weights "
+        "packed once). The ratio is the pass's cost in plain passes of the same kernels: what a speculative "
+        "draft of *s - 1* tokens must earn back.",
+        "",
+        "| new tokens *s* | default (ms) | ratio | onednn (ms) | ratio |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for s in WIDTHS:
+        d, o = med["default", s], med["onednn", s]
+        lines.append(f"| {s} | {d:.1f} | {d / med['default', 1]:.2f} | {o:.1f} | {o / med['onednn', 1]:.2f} |")
+    lines += [
+        "",
+        f"Plain greedy decoding, {len(PROMPTS)} chat prompts, up to {args.new_tokens} new tokens (\"same\": HF "
+        "`generate` gave decodekit's tokens on the same model):",
+        "",
+        "| kernels | decodekit greedy (tok/s) | HF generate greedy (tok/s) | same |",
+        "| --- | ---: | ---: | :---: |",
+    ]
+    for k in kinds:
+        ours, hf, same = decode[k]
+        lines.append(f"| {k} | {ours:.2f} | {hf:.2f} | {'yes' if same else 'NO'} |")
+    lines += ["", f"Greedy tokens with onednn equal those with the default kernels on these prompts: "
+                  f"{'yes' if same_kernels else 'NO'}."]
+    out = write_result("cpu_kernels", "\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
