@@ -1,8 +1,9 @@
 """decodekit-grammar: grammar-constrained and grammar-aligned decoding.
 
 Constraints (one per plugin entry): ``regex``, ``choice``, ``json_schema``, ``lark`` (+ ``start``).
-Backends behind one interface (:mod:`decodekit_grammar.backends.base`): llguidance (default) and
-outlines-core. ``mode: aligned`` adds ASAp grammar-aligned sampling.
+Backends behind one interface (:mod:`decodekit_grammar.backends.base`): llguidance and
+outlines-core; ``backend: auto`` (the default) picks one per constraint. ``mode: aligned`` adds
+ASAp grammar-aligned sampling.
 """
 
 from __future__ import annotations

@@ -88,7 +88,27 @@ class Constraint:
         text, desc = lark_source(value)
         return cls("lark", with_start(text, options.start), desc)
 
+    def auto_backend(self, vocab: TokenVocab) -> str:
+        """The engine ``backend: auto`` tries first: outlines-core for a regex or choice whose
+        states allow many tokens and whose index stays small (``outlines.auto_prefers``: its
+        precomputed masks cost the same for any regex, where llguidance's walk grows with the
+        tokens allowed), llguidance for everything else (JSON Schema and lark included: it
+        compiles in milliseconds and covers more)."""
+        if self.kind == "regex":
+            from decodekit_grammar.backends.outlines import auto_prefers
+
+            if auto_prefers(self.source, vocab):
+                return "outlines"
+        return "llguidance"
+
     def compile(self, vocab: TokenVocab, backend: str, cache_root: Path | None) -> Automaton:
+        if backend == "auto":
+            if self.auto_backend(vocab) == "outlines":
+                try:
+                    return self.compile(vocab, "outlines", cache_root)
+                except ValueError:  # e.g. a regex this vocabulary cannot spell: llguidance decides
+                    pass
+            backend = "llguidance"
         if backend == "outlines":
             from decodekit_grammar.backends.outlines import OutlinesAutomaton
 

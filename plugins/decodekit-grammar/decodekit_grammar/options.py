@@ -18,7 +18,9 @@ class GrammarOptions(BaseModel):
         None, description="a lark CFG: a name in grammars/ (json, arithmetic, ...), a path, or inline text")
     start: str = Field("start", description="the lark grammar's start rule")
     backend: Literal["auto", "llguidance", "outlines"] = Field(
-        "auto", description="auto = llguidance (faster compile, equal or faster masks, CFGs); "
+        "auto", description="auto = outlines-core for a regex or choice whose states allow many tokens and whose "
+                            "index stays small (precomputed masks), else llguidance (JSON Schema, lark, the rest); "
+                            "llguidance = compile in milliseconds, masks by walking the token trie; "
                             "outlines = outlines-core with precomputed per-state masks (regex, choice, json_schema)")
     mode: Literal["constrained", "aligned"] = Field(
         "constrained", description="aligned = ASAp grammar-aligned sampling (use strategy: sample, temperature 1)")

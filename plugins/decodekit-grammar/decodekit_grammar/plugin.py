@@ -32,7 +32,7 @@ _VOCABS: dict[int, tuple[Any, TokenVocab]] = {}
 
 
 class GState:
-    """An immutable per-row state; ``cache`` holds the torch mask once computed."""
+    """An immutable per-row state; ``cache`` holds its mask row once computed (see ``Grammar.row``)."""
 
     __slots__ = ("inner", "status", "cache")
 
@@ -70,18 +70,18 @@ class Grammar(TokenState[GState]):
         self.eos_ids = sorted(pipeline.eos_token_ids())
         if not self.eos_ids:
             raise ValueError("the tokenizer has no EOS token: a grammar needs one to end the output")
-        backend = "llguidance" if self.options.backend == "auto" else self.options.backend
         cache_root = None
         if self.options.cache:
             from decodekit.models import cache_dir
 
             cache_root = cache_dir() / "grammar"
         t0 = time.perf_counter()
-        self.automaton = self.constraint.compile(self.vocab, backend, cache_root)
+        self.automaton = self.constraint.compile(self.vocab, self.options.backend, cache_root)
         self.compile_time_s = time.perf_counter() - t0
         self.description = self.constraint.description
         self._root = GState(self.automaton.initial())
-        self._int_masks: dict[tuple[int, int], torch.Tensor] = {}
+        self._eos = frozenset(self.eos_ids)
+        self._int_masks: dict[tuple[int, int], tuple[np.ndarray, bool]] = {}
         self.trie = aligned.Trie()  # ASAp estimates; kept across calls on purpose (mode: aligned)
 
     # -- TokenState ------------------------------------------------------------------------------
@@ -92,37 +92,48 @@ class Grammar(TokenState[GState]):
     def next_state(self, state: GState, token: int) -> GState:
         if state.status != LIVE:
             return state
-        if token in self.eos_ids:
+        if token in self._eos:
             return GState(None, DONE) if self.automaton.accepting(state.inner) else GState(None, DEAD)
         inner = self.automaton.step(state.inner, token)
         return GState(inner) if inner is not None else GState(None, DEAD)
 
     # -- masks -----------------------------------------------------------------------------------
 
+    def row(self, state: GState, width: int) -> tuple[np.ndarray, bool]:
+        """numpy bool ``[width]``, the tokens allowed after a LIVE ``state`` (EOS included when it
+        may end), and whether any is. Cached on the state (and per automaton state when states
+        are ints): never modify the row."""
+        hit = state.cache
+        if hit is not None and hit[0].shape[0] == width:
+            return hit
+        key = (state.inner, width) if isinstance(state.inner, int) else None
+        hit = self._int_masks.get(key) if key is not None else None
+        if hit is None:
+            hit = self._new_row(state, width)
+            if key is not None:
+                self._int_masks[key] = hit
+        state.cache = hit
+        return hit
+
+    def _new_row(self, state: GState, width: int) -> tuple[np.ndarray, bool]:
+        """Like ``row``, but a new array, not cached."""
+        row = self.automaton.allowed_row(state.inner, width)
+        if self.automaton.accepting(state.inner):
+            row[[e for e in self.eos_ids if e < width]] = True
+        return row, bool(row.any())
+
     def allowed(self, state: GState, width: int) -> torch.Tensor:
         """bool ``[width]``: the tokens allowed after ``state`` (EOS included when it may end)."""
         if state.status != LIVE:
             return torch.ones(width, dtype=torch.bool)
-        if state.cache is not None and state.cache.shape[0] == width:
-            return state.cache
-        key = (state.inner, width) if isinstance(state.inner, int) else None
-        m = self._int_masks.get(key) if key is not None else None
-        if m is None:
-            # built in numpy, then shared with torch: a third of the cost of filling a torch row
-            row = np.zeros(width, dtype=bool)
-            n = min(width, self.vocab.size)
-            row[:n] = self.automaton.allowed(state.inner)[:n]
-            if self.automaton.accepting(state.inner):
-                row[[e for e in self.eos_ids if e < width]] = True
-            m = torch.from_numpy(row)
-            if key is not None:
-                self._int_masks[key] = m
-        state.cache = m
-        return m
+        return torch.from_numpy(self.row(state, width)[0])  # shares the cached row: read it only
 
-    def _check(self, m: torch.Tensor, positions: Any, i: int, j: int) -> None:
+    def _check(self, m: Any, positions: Any, i: int, j: int) -> None:
         if bool(m.any()):
             return
+        self._no_token(positions, i, j)
+
+    def _no_token(self, positions: Any, i: int, j: int) -> None:
         gen = positions.generation
         text = gen.tokenizer.decode(positions.generated(i, j)) if gen.tokenizer is not None else ""
         raise NoAllowedTokenError(
@@ -131,18 +142,38 @@ class Grammar(TokenState[GState]):
 
     @hookimpl
     def mask(self, positions: Any, logits: torch.Tensor) -> torch.Tensor:
+        # built in numpy (an operation there costs a fraction of torch's dispatch on a 49k row)
+        # and handed to torch once; the result never shares memory with the cached rows
         B, J, V = logits.shape
         states = positions.states(self)
         done = positions.generation.done
-        out = torch.ones(B, J, V, dtype=torch.bool)
-        for i, row in enumerate(positions.rows):
-            if done[row]:
-                continue
-            for j in range(positions.length(i)):
-                m = self.allowed(states[i][j], V)
-                self._check(m, positions, i, j)
-                out[i, j] = m
-        return out.to(logits.device)
+        if B == 1 and J == 1 and not done[positions.rows[0]]:
+            st = states[0][0]
+            if st.status == LIVE and st.cache is None and not isinstance(st.inner, int):
+                # one position in a state seen for the first time (plain decoding): its new row
+                # becomes the mask as it is, neither copied nor cached (the backend keeps its
+                # packed mask, should the state come back)
+                row, some = self._new_row(st, V)
+                if not some:
+                    self._no_token(positions, 0, 0)
+                m = torch.from_numpy(row.reshape(1, 1, V))
+                return m if logits.is_cpu else m.to(logits.device)
+        out = np.empty((B, J, V), dtype=bool)
+        for i, r in enumerate(positions.rows):
+            n = 0 if done[r] else positions.length(i)
+            for j in range(n):
+                st = states[i][j]
+                if st.status == LIVE:
+                    row, some = self.row(st, V)
+                    if not some:
+                        self._no_token(positions, i, j)
+                    out[i, j] = row
+                else:
+                    out[i, j] = True
+            if n < J:
+                out[i, n:] = True  # a finished row, or padding: unrestricted
+        m = torch.from_numpy(out)
+        return m if logits.is_cpu else m.to(logits.device)
 
     # -- ASAp (mode: aligned) --------------------------------------------------------------------
 

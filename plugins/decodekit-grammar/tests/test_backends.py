@@ -121,6 +121,53 @@ def test_raw_outlines_eos_raises_and_ours_never_feeds_it():
         assert a.accepting(a.step(a.initial(), IDS[b"ab"]))
 
 
+# -- backend: auto -----------------------------------------------------------------------------------
+
+def test_auto_compiles_json_schema_and_lark_with_llguidance():
+    assert compile_("auto", json_schema={"type": "integer"}).backend == "llguidance"
+    assert compile_("auto", lark='start: "a"+').backend == "llguidance"
+
+
+def test_auto_gives_regexes_whose_states_allow_many_tokens_to_outlines(monkeypatch):
+    from decodekit_grammar.backends import outlines
+
+    # this vocabulary is tiny: every state allows a few tokens, llguidance's walk is cheap
+    assert compile_("auto", regex="[ab]+").backend == "llguidance"
+    monkeypatch.setattr(outlines, "AUTO_MIN_DENSITY", 1)
+    assert compile_("auto", regex="[ab]+").backend == "outlines"
+    assert compile_("auto", choice=["ab", "ba1"]).backend == "outlines"
+    a = compile_("auto", regex=r"[0-9]+(\.[0-9]+)?")  # the outlines pitfall, worked around
+    assert a.backend == "outlines" and a.allowed(a.step(a.initial(), IDS[b"1"]))[IDS[b"."]]
+
+
+def test_auto_falls_back_to_llguidance_with_its_error_messages(monkeypatch):
+    from decodekit_grammar.backends import outlines
+
+    monkeypatch.setattr(outlines, "AUTO_MIN_DENSITY", 1)
+    assert compile_("auto", regex="^ab$").backend == "llguidance"  # outlines-core refuses anchors
+    assert compile_("auto", regex="a€").backend == "llguidance"  # nor can outlines spell it here
+    for bad in ["a(b", "[z-a]", "a{2,1}"]:
+        with pytest.raises(ValueError) as auto:
+            compile_("auto", regex=bad)
+        with pytest.raises(ValueError) as llg:
+            compile_("llguidance", regex=bad)
+        assert str(auto.value) == str(llg.value)
+
+
+def test_auto_keeps_large_automata_away_from_outlines(monkeypatch):
+    """The index of ``.{0,200}`` takes outlines-core 80 s and 4 GB on a 49k vocabulary; ``auto``
+    must decide without building it (or even the byte-level automaton of ``\\w{0,100}``)."""
+    import time
+
+    from decodekit_grammar.backends import outlines
+
+    monkeypatch.setattr(outlines, "AUTO_MIN_DENSITY", 1)
+    t0 = time.perf_counter()
+    for regex in [".{0,200}", r"\w{0,100}", r"(?:\w{0,50} ){0,50}", "[ab]{0,300}", "(?:[ab]{0,20}1){0,20}"]:
+        assert compile_("auto", regex=regex).backend == "llguidance", regex
+    assert time.perf_counter() - t0 < 5
+
+
 # -- Hypothesis: regexes ---------------------------------------------------------------------------
 
 ATOMS = st.sampled_from(["a", "b", "1", r"\.", "[ab]", "[0-9]", "é", "[a-c1]"])

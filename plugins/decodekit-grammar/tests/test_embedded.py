@@ -72,6 +72,24 @@ def test_too_few_tokens_says_length(base):
     assert r.completions[0].finish_reason == "length" and r.text.startswith("{")
 
 
+def test_auto_picks_the_engine_per_constraint(base, tmp_path, monkeypatch):
+    monkeypatch.setenv("DECODEKIT_CACHE", str(tmp_path))
+    email = r"[a-z]{1,12}@[a-z]{1,12}\.(com|org|net)"
+    expected = [
+        ({"regex": email}, "outlines"),  # states allow ~10k tokens: llguidance's walk takes ~100 µs
+        ({"regex": r"\(\d{3}\) \d{3}-\d{4}"}, "llguidance"),  # a few tokens per state: cheap walks
+        ({"choice": ["yes", "no", "maybe"]}, "llguidance"),
+        ({"regex": ".{0,200}"}, "llguidance"),  # outlines-core: 80 s and 4 GB
+        ({"regex": "^[a-z]+$"}, "llguidance"),  # anchors: outlines-core refuses them
+        ({"json_schema": SCHEMA}, "llguidance"),
+        ({"lark": "json"}, "llguidance"),
+    ]
+    for entry, backend in expected:
+        assert pipe(base, entry).plugins[0][1].automaton.backend == backend, entry
+    r = pipe(base, {"regex": email}, max_new_tokens=24).generate("Write an email address.", seed=0)
+    assert r.completions[0].finish_reason == "eos" and re.fullmatch(email, r.text)
+
+
 def test_outlines_index_is_cached_on_disk(base, tmp_path, monkeypatch):
     monkeypatch.setenv("DECODEKIT_CACHE", str(tmp_path))
     entry = {"regex": r"[A-Z][a-z]{2,8}( [A-Z][a-z]{2,8})?", "backend": "outlines"}

@@ -164,3 +164,41 @@ def test_eos_allowed_exactly_when_complete(ctok, cmodel):
     assert not g.allowed(s0, V)[eos] and g.allowed(s1, V)[eos] and g.allowed(s2, V)[eos]
     assert int(g.allowed(s2, V).sum()) == 1
     assert torch.equal(g.allowed(g.next_state(s0, eos), V), torch.ones(V, dtype=torch.bool))  # DEAD
+
+
+class _Positions:
+    """The parts of the host's Positions that the ``mask`` hook reads: ``states[i][j]`` per row."""
+
+    def __init__(self, states, done=None):
+        self._states = states
+        self.rows = list(range(len(states)))
+        self.generation = type("G", (), {"done": done or [False] * len(states), "tokenizer": None})()
+
+    def states(self, plugin):
+        return self._states
+
+    def length(self, i):
+        return len(self._states[i])
+
+
+@pytest.mark.parametrize("backend", ["llguidance", "outlines"])
+def test_mask_hook_returns_tensors_the_host_may_change(ctok, cmodel, backend):
+    """One position (the plain decoding path, where the new row is handed over as it is) and
+    several: writing into a returned mask never reaches the plugin's cached rows."""
+    p = pipe(cmodel, ctok, {"regex": "ab?", "backend": backend}, strategy="greedy")
+    g = p.plugins[0][1]
+    V, eos, a = len(ctok), ctok.eos_token_id, ctok.convert_tokens_to_ids("a")
+    logits = torch.zeros(1, 1, V)
+    for _ in range(2):
+        s0 = g.initial_state([])
+        s1 = g.next_state(s0, a)
+        first = g.mask(_Positions([[s0]]), logits)
+        assert first.shape == (1, 1, V) and int(first.sum()) == 1 and first[0, 0, a]
+        first.fill_(True)
+        assert int(g.mask(_Positions([[s0]]), logits).sum()) == 1
+        both = g.mask(_Positions([[s0, s1], [s1]], done=[False, False]), torch.zeros(2, 2, V))
+        assert both[0, 0, a] and not both[0, 0, eos] and both[0, 1, eos] and both[1, 1].all()  # padding
+        both.fill_(False)
+        again = g.mask(_Positions([[s0, s1], [s1]]), torch.zeros(2, 2, V))
+        assert again[0, 0, a] and again[0, 1, eos] and int(again[1, 0].sum()) == int(again[0, 1].sum())
+        assert int(g.mask(_Positions([[s1]], done=[True]), logits).sum()) == V  # a finished row

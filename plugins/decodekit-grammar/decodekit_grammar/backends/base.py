@@ -9,6 +9,9 @@ along drafts and keep only the committed one.
 * ``allowed(state)``: numpy bool ``[vocab.size]``, the tokens ``step`` accepts (EOS excluded:
   the plugin adds the pipeline's EOS ids when ``accepting(state)``).
 * ``accepting(state)``: True when the text so far is a complete match (EOS may follow).
+* ``allowed_row(state, width)``: ``allowed(state)`` cut or padded with False to ``width`` (the
+  logits' width), as a new array the caller owns. A backend overrides it when it can build the
+  row without going through ``allowed`` (llguidance unpacks its bitmask straight to ``width``).
 """
 
 from __future__ import annotations
@@ -36,3 +39,10 @@ class Automaton(ABC):
 
     @abstractmethod
     def accepting(self, state: Any) -> bool: ...
+
+    def allowed_row(self, state: Any, width: int) -> np.ndarray:
+        mask = self.allowed(state)
+        row = np.zeros(width, dtype=bool)
+        n = min(width, mask.shape[0])
+        row[:n] = mask[:n]
+        return row

@@ -1,6 +1,6 @@
 """outlines-core backend: a regex compiled to a token-level automaton, precomputed for all states.
 
-Workarounds for outlines-core 0.2.14 (each has a test in ``tests/test_outlines_pitfalls.py``):
+Workarounds for outlines-core 0.2.14 (each has a test in ``tests/test_backends.py``):
 
 * **Dropped transitions out of match states.** The Index loses every token transition that leaves
   a match (final) state for a non-final one: after ``1`` the pattern ``[0-9]+(\\.[0-9]+)?``
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,19 @@ SENTINEL = "\U0010fffd"
 # hundreds of thousands of characters whose index needs tens of GB. Refuse those up front.
 MAX_REGEX_CHARS = 8000
 FORMAT_VERSION = 2
+# a state allowing more tokens than this keeps its mask packed (1 bit per token): unpacking a
+# 49k row (~8 µs) beats scattering thousands of ids into one (~3 ns an id)
+DENSE = 2048
+
+# ``backend: auto`` gives a regex to outlines-core when its precomputed masks pay off (its states
+# allow many tokens on average: llguidance walks all of them at every mask) and its index stays
+# small (built in about a second on one core, a few MB cached). See ``auto_prefers``.
+AUTO_MIN_DENSITY = 2000          # estimated tokens allowed per state, on average
+AUTO_MAX_TRANSITIONS = 2_000_000  # estimated token transitions of the index
+AUTO_MAX_STATES = 1000           # states of the byte-level automaton
+AUTO_MAX_REPEAT = 256            # bound on the counted repetitions, see ``_repeat_size``
+AUTO_WIDE_FACTOR = 16            # ... times this when a class spans Unicode (., \w, \d, \p{..}, [^..])
+_FIRST_BYTES: dict[str, np.ndarray] = {}
 
 
 class OutlinesAutomaton(Automaton):
@@ -58,6 +72,7 @@ class OutlinesAutomaton(Automaton):
             table = _compile(regex, vocab, description)
             _save(path, table)
         self._initial, self._final, self._trans = table
+        self._packed = {s: _packed(ids, vocab.size) for s, (ids, _) in self._trans.items() if len(ids) > DENSE}
         self._masks: dict[int, np.ndarray] = {}
 
     def initial(self) -> int:
@@ -74,12 +89,19 @@ class OutlinesAutomaton(Automaton):
     def allowed(self, state: int) -> np.ndarray:
         m = self._masks.get(state)
         if m is None:
-            m = np.zeros(self.vocab.size, dtype=bool)
-            entry = self._trans.get(state)
-            if entry is not None:
-                m[entry[0]] = True
-            self._masks[state] = m
+            m = self._masks[state] = self.allowed_row(state, self.vocab.size)
         return m
+
+    def allowed_row(self, state: int, width: int) -> np.ndarray:
+        packed = self._packed.get(state)
+        if packed is not None:  # ``count`` cuts the bits at ``width`` or pads them with zeros
+            return np.unpackbits(packed, count=width, bitorder="little").view(bool)
+        row = np.zeros(width, dtype=bool)
+        entry = self._trans.get(state)
+        if entry is not None:
+            ids = entry[0]  # sorted
+            row[ids[: np.searchsorted(ids, width)]] = True
+        return row
 
     def accepting(self, state: int) -> bool:
         return state in self._final
@@ -87,6 +109,53 @@ class OutlinesAutomaton(Automaton):
     @property
     def num_states(self) -> int:
         return len(self._trans)
+
+
+def auto_prefers(regex: str, vocab: TokenVocab) -> bool:
+    """True when ``backend: auto`` should compile ``regex`` with outlines-core.
+
+    Estimated without building the token index: outlines-core's automaton over single bytes
+    (milliseconds) gives the states; a state's token count is estimated as the number of
+    vocabulary tokens whose first byte it allows. Refused (False) before that when the counted
+    repetitions could make even the byte automaton huge (``.{0,5000}``), and when outlines-core
+    cannot compile the pattern at all (anchors, bad syntax: llguidance reports those).
+    """
+    from outlines_core import Index, Vocabulary
+
+    if len(regex) > MAX_REGEX_CHARS or _repeat_size(regex) > AUTO_MAX_REPEAT:
+        return False
+    try:
+        index = Index(f"(?:{regex})", Vocabulary(256, {bytes([b]): [b] for b in range(256)}))
+    except Exception:  # outlines raises ValueError / a Rust panic wrapper for patterns it refuses
+        return False
+    trans = index.get_transitions()
+    if not trans or len(trans) > AUTO_MAX_STATES:
+        return False
+    first = _first_bytes(vocab)
+    estimate = sum(int(first[[b for b in tr if b < 256]].sum()) for tr in trans.values())
+    return estimate <= AUTO_MAX_TRANSITIONS and estimate >= AUTO_MIN_DENSITY * len(trans)
+
+
+def _repeat_size(regex: str) -> int:
+    """A cheap bound on how counted repetitions multiply the byte automaton's states: the product
+    of their sizes (``{m,n}``: n + 1, ``{m}`` and ``{m,}``: m + 1), times ``AUTO_WIDE_FACTOR`` when
+    some class spans Unicode (each repetition of ``\\w`` is hundreds of byte states: the byte
+    automaton of ``\\w{0,100}`` alone takes outlines-core a second)."""
+    size = 1
+    for low, high in re.findall(r"\{(\d+)(?:,(\d*))?\}", regex):  # {m}, {m,}, {m,n}
+        size *= int(high or low) + 1
+    wide = any(m.group() in (".", "[^") or m.group()[1] in "wWdDsSpP"
+               for m in re.finditer(r"\\.|\[\^|\.", regex))
+    return size * AUTO_WIDE_FACTOR if wide and size > 1 else size
+
+
+def _first_bytes(vocab: TokenVocab) -> np.ndarray:
+    """int64 ``[256]``: how many tokens of ``vocab`` start with each byte."""
+    hit = _FIRST_BYTES.get(vocab.key)
+    if hit is None:
+        hit = np.bincount([t[0] for t in vocab.tokens if t], minlength=256).astype(np.int64)
+        _FIRST_BYTES[vocab.key] = hit
+    return hit
 
 
 def _compile(regex: str, vocab: TokenVocab, description: str):
@@ -110,28 +179,44 @@ def _compile(regex: str, vocab: TokenVocab, description: str):
     except Exception as e:  # outlines raises ValueError / a Rust panic wrapper for bad patterns
         message = str(e).replace(f"(?:{regex}){SENTINEL}", regex)  # hide the sentinel
         raise ValueError(f"{description}: cannot be compiled over this vocabulary: {message}") from None
-    raw = index.get_transitions()  # {state: {token: next_state}}
+    raw = index.get_transitions()  # {state: {token: next_state}}: up to millions of entries
     final = frozenset(s for s, tr in raw.items() if fake in tr and index.is_final_state(tr[fake]))
-    live = _coreachable(raw, final, n)
+    real: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per state: (ids, next states), ids < n
+    while raw:  # numpy per state, not a Python loop per transition (seconds on dense regexes)
+        s, tr = raw.popitem()
+        ids = np.fromiter(tr.keys(), dtype=np.int64, count=len(tr))
+        nxt = np.fromiter(tr.values(), dtype=np.int64, count=len(tr))
+        keep = ids < n
+        real[s] = (ids[keep], nxt[keep])
+    live = _coreachable({s: np.unique(nxt).tolist() for s, (_, nxt) in real.items()}, final)
+    live_ids = np.fromiter(live, dtype=np.int64, count=len(live))
     trans = {}
-    for s, tr in raw.items():
+    for s, (ids, nxt) in real.items():
         if s in live:
-            pairs = sorted((t, s2) for t, s2 in tr.items() if t < n and s2 in live)
-            trans[s] = (np.array([t for t, _ in pairs], dtype=np.int32), np.array([s2 for _, s2 in pairs], dtype=np.int32))
-    del raw
+            keep = np.isin(nxt, live_ids)
+            ids, nxt = ids[keep], nxt[keep]
+            order = np.argsort(ids)
+            trans[s] = (ids[order].astype(np.int32), nxt[order].astype(np.int32))
+    del real
     initial = index.get_initial_state()
     if initial not in live:
         raise ValueError(f"{description}: matches no string this vocabulary can spell")
     return initial, final, trans
 
 
-def _coreachable(raw: dict[int, dict[int, int]], final: frozenset[int], n: int) -> set[int]:
-    """States from which some match state can be reached through real tokens (ids < n)."""
+def _packed(ids: np.ndarray, n: int) -> np.ndarray:
+    """uint8 ``[ceil(n / 8)]``: bit ``t % 8`` of byte ``t // 8`` set for each token id in ``ids``."""
+    row = np.zeros(n, dtype=bool)
+    row[ids] = True
+    return np.packbits(row, bitorder="little")
+
+
+def _coreachable(successors: dict[int, list[int]], final: frozenset[int]) -> set[int]:
+    """States from which some match state can be reached (``successors``: through real tokens)."""
     back: dict[int, set[int]] = {}
-    for s, tr in raw.items():
-        for t, s2 in tr.items():
-            if t < n:
-                back.setdefault(s2, set()).add(s)
+    for s, nxt in successors.items():
+        for s2 in nxt:
+            back.setdefault(s2, set()).add(s)
     live, stack = set(final), list(final)
     while stack:
         for p in back.get(stack.pop(), ()):
