@@ -27,25 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, machine, write_result  # noqa: E402
 
 from decodekit import TokenState, hookimpl  # noqa: E402
-
-INVOICE = {
-    "type": "object",
-    "properties": {
-        "invoice_id": {"type": "string", "pattern": "^INV-[0-9]{4}$"},
-        "customer": {"type": "object", "properties": {"name": {"type": "string"}, "email": {"type": "string"}},
-                     "required": ["name", "email"], "additionalProperties": False},
-        "items": {"type": "array", "minItems": 1, "items": {
-            "type": "object",
-            "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer"}, "price": {"type": "number"}},
-            "required": ["sku", "quantity", "price"], "additionalProperties": False}},
-        "paid": {"type": "boolean"},
-    },
-    "required": ["invoice_id", "customer", "items", "paid"],
-    "additionalProperties": False,
-}
-INVOICE_TEXT = ('{"invoice_id": "INV-0042", "customer": {"name": "Ada Lovelace", "email": "ada@example.com"}, '
-                '"items": [{"sku": "A-1", "quantity": 2, "price": 9.5}, {"sku": "B-22", "quantity": 1, "price": 120.0}], '
-                '"paid": false}')
+from decodekit_grammar.testing import INVOICE, INVOICE_TEXT  # noqa: E402
 
 CASES = [  # (label, plugin options, a text of the language to walk along)
     ("regex: phone", {"regex": r"\(\d{3}\) \d{3}-\d{4}"}, "(555) 123-4567"),

@@ -1,5 +1,6 @@
 """A tiny model whose next-token distribution is set by hand, and exact grammar-conditioned
-distributions over a finite language: the ground truth for the ASAp tests and benchmark."""
+distributions over a finite language: the ground truth for the ASAp tests and benchmark. Also
+the invoice JSON Schema (and a document of it) that the mask benchmark and tests walk along."""
 
 from __future__ import annotations
 
@@ -93,3 +94,24 @@ def random_walk(automaton, vocab, rng, max_steps: int = 400, stop: float = 0.3, 
         out += vocab.tokens[t]
         state = automaton.step(state, t)
     return None
+
+
+# A small real-world JSON Schema: an invoice with line items (benchmarks/grammar.py, tests).
+INVOICE = {
+    "type": "object",
+    "properties": {
+        "invoice_id": {"type": "string", "pattern": "^INV-[0-9]{4}$"},
+        "customer": {"type": "object", "properties": {"name": {"type": "string"}, "email": {"type": "string"}},
+                     "required": ["name", "email"], "additionalProperties": False},
+        "items": {"type": "array", "minItems": 1, "items": {
+            "type": "object",
+            "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer"}, "price": {"type": "number"}},
+            "required": ["sku", "quantity", "price"], "additionalProperties": False}},
+        "paid": {"type": "boolean"},
+    },
+    "required": ["invoice_id", "customer", "items", "paid"],
+    "additionalProperties": False,
+}
+INVOICE_TEXT = ('{"invoice_id": "INV-0042", "customer": {"name": "Ada Lovelace", "email": "ada@example.com"}, '
+                '"items": [{"sku": "A-1", "quantity": 2, "price": 9.5}, {"sku": "B-22", "quantity": 1, "price": 120.0}], '
+                '"paid": false}')

@@ -9,22 +9,7 @@ import pytest
 
 from decodekit_grammar.backends import llg
 from decodekit_grammar.constraints import grammar_dirs
-
-INVOICE = {
-    "type": "object",
-    "properties": {
-        "invoice_id": {"type": "string", "pattern": "^INV-[0-9]{4}$"},
-        "customer": {"type": "object", "properties": {"name": {"type": "string"}, "email": {"type": "string"}},
-                     "required": ["name", "email"], "additionalProperties": False},
-        "items": {"type": "array", "minItems": 1, "items": {
-            "type": "object",
-            "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer"}, "price": {"type": "number"}},
-            "required": ["sku", "quantity", "price"], "additionalProperties": False}},
-        "paid": {"type": "boolean"},
-    },
-    "required": ["invoice_id", "customer", "items", "paid"],
-    "additionalProperties": False,
-}
+from decodekit_grammar.testing import INVOICE, INVOICE_TEXT
 
 
 def lark_file(name: str) -> str:
@@ -33,9 +18,7 @@ def lark_file(name: str) -> str:
 
 def cases():
     return [
-        (llg.json_grammar(INVOICE),
-         '{"invoice_id": "INV-0042", "customer": {"name": "Ada Lovelace", "email": "ada@example.com"}, '
-         '"items": [{"sku": "A-1", "quantity": 2, "price": 9.5}], "paid": false}'),
+        (llg.json_grammar(INVOICE), INVOICE_TEXT),
         (llg.regex_grammar(r"[a-z]{1,12}@[a-z]{1,12}\.(com|org|net)"), "grace@navy.org"),
         (llg.regex_grammar(r"[A-Z][a-z]{2,8}( [A-Z][a-z]{2,8})?"), "Grace Hopper"),
         (llg.lark_grammar(lark_file("sql_select")),
