@@ -14,7 +14,7 @@ from decodekit_speculative.aded import AdedTable, Entry
 from decodekit_speculative.planning import best_prefix
 from decodekit_speculative.trees import EdgeCalibration
 
-from speculative_helpers import FLAT, BanTokens, Bias, sample_many, speculative
+from speculative_helpers import FLAT, BanTokens, Bias, assert_batch_equals_singles, sample_many, speculative
 from test_greedy_exact import BAN, BIAS, DECODING, PROMPTS
 from test_sampling_exact import ALPHA, N, PROMPT, chi_square_pvalue, reference
 from test_sampling_exact import BAN as SAMPLE_BAN, BIAS as SAMPLE_BIAS
@@ -169,11 +169,7 @@ def test_greedy_is_token_identical_with_mask_and_rescore(tok, arch):
 def test_batch_equals_one_by_one(tok):
     target = tiny_model("llama", tok)
     pipe = speculative(target, tok, DECODING, "aded", extra=[Bias(BIAS), BanTokens(BAN)], verify_costs=FLAT)
-    prompts = PROMPTS[:6]
-    singles = [pipe.generate(p) for p in prompts]
-    batch = pipe.generate(prompts)
-    assert [c.token_ids for c in batch.completions] == [s.token_ids for s in singles]
-    assert len({round(s.stats.mean_tokens_per_pass, 3) for s in singles}) > 1
+    assert_batch_equals_singles(pipe, PROMPTS[:6])
 
 
 @pytest.mark.parametrize("with_plugins", [False, True], ids=["alone", "mask+rescore"])

@@ -11,7 +11,8 @@ from decodekit.testing import tiny_model, tiny_tokenizer
 from decodekit_speculative.dynamic_tree import DynamicTree, _Row
 from decodekit_speculative.planning import sizes_up_to
 
-from speculative_helpers import FLAT, AcceptEverything, BanTokens, Bias, sample_many, speculative
+from speculative_helpers import (FLAT, AcceptEverything, BanTokens, Bias, assert_batch_equals_singles, sample_many,
+                                 speculative)
 from test_greedy_exact import BAN, BIAS, DECODING, PROMPTS
 from test_sampling_exact import ALPHA, N, PROMPT, chi_square_pvalue, reference
 from test_sampling_exact import BAN as SAMPLE_BAN, BIAS as SAMPLE_BIAS
@@ -137,11 +138,7 @@ def test_batch_equals_one_by_one(tok, proposer):
     target, draft = tiny_model("llama", tok), tiny_model("llama", tok, seed=1)
     pipe = speculative(target, tok, DECODING, proposer, draft=draft, extra=[Bias(BIAS), BanTokens(BAN)],
                        tree="dynamic", verify_costs=FLAT)
-    prompts = PROMPTS[:6]
-    singles = [pipe.generate(p) for p in prompts]
-    batch = pipe.generate(prompts)
-    assert [c.token_ids for c in batch.completions] == [s.token_ids for s in singles]
-    assert len({round(s.stats.mean_tokens_per_pass, 3) for s in singles}) > 1
+    assert_batch_equals_singles(pipe, PROMPTS[:6])
 
 
 @pytest.mark.parametrize("with_plugins", [False, True], ids=["alone", "mask+rescore"])
