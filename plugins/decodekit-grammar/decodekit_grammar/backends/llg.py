@@ -50,8 +50,8 @@ class _Wrapped:
 
 # Token "slices": llguidance precomputes the mask of the tokens matching each regex and uses it
 # whole where the lexer allows any such token, walking only the rest of the trie. A pure speed
-# change (the masks are the same, bit for bit: plugins/decodekit-grammar/tests/test_llg_speed.py). llguidance's defaults
-# (whitespace and JSON-string runs) plus lowercase runs, on the 49k vocabulary (pinned core, raw
+# change (the masks are the same, bit for bit: plugins/decodekit-grammar/tests/test_llg_speed.py).
+# llguidance's defaults (whitespace and JSON-string runs) plus lowercase runs, on the 49k vocabulary (pinned core, raw
 # llguidance mask p50, 3 runs each): lark sql_select 105 -> 54 µs (mask+step 130 -> 82), regex
 # email 87 -> 26 µs (mask+step 99 -> 39); json_schema invoice, phone, name, choice, lark
 # json/arithmetic/sygus unchanged within noise; set-up +30-50 ms once per vocabulary (~0.1 ->
