@@ -386,7 +386,12 @@ class PerRowGrammar(TokenState):
                 if inner is not None:
                     fresh = inner.cache is None
                     t0 = time.perf_counter()
-                    m = g.allowed(inner, V)
+                    if inner.status == 0:  # LIVE: the row the plugin's own mask gives this position
+                        n = len(positions.generation.tokens[row]) - positions.generation.prompt_lengths[row]
+                        m = torch.from_numpy(g.row_at(inner, n + len(positions.paths[i][j]),
+                                                      positions.generation.limits.max_new_tokens, V)[0])
+                    else:
+                        m = g.allowed(inner, V)
                     if fresh and inner.status == 0:  # LIVE, computed now
                         self.mask_s.append(time.perf_counter() - t0)
                     try:
@@ -499,7 +504,7 @@ def comply_prompt(schema: Any, style: str, tok, cap: int) -> str | list[dict]:
             {"role": "user", "content": request}]
 
 
-def describe_protocol(style: str, cap: int, sampling: dict | None) -> str:
+def describe_protocol(style: str, cap: int, sampling: dict | None, close: bool = False) -> str:
     """The prompt, sampling settings and JSON separators of the compliance samples, in words."""
     from decodekit_grammar.backends import llg
 
@@ -513,7 +518,8 @@ def describe_protocol(style: str, cap: int, sampling: dict | None) -> str:
     opts = {"temperature": 1.0, **(sampling or {})}
     seps = getattr(llg, "JSON_OPTIONS", {})
     return (prompt + ", sampling " + ", ".join(f"{k} {v}" for k, v in opts.items())
-            + f", JSON separators {seps.get('item_separator')!r} {seps.get('key_separator')!r}")
+            + f", JSON separators {seps.get('item_separator')!r} {seps.get('key_separator')!r}"
+            + (", grammar option close_within_budget" if close else ""))
 
 
 def set_json_separators(style: str) -> None:
@@ -557,7 +563,8 @@ def jsonschemabench_section(root: Path, splits: list[str], n_cover: int, n_compl
                             backends: list[str], n_walks: int = 2, outlines_cover: int = 20,
                             comply_splits: list[str] | None = None, comply_backends: tuple[str, ...] = ("llguidance",),
                             batch: int = 12, prompt_style: str = "schema", prompt_cap: int = 1024,
-                            sampling: dict | None = None, seed_base: int = 0, dump: Path | None = None) -> str:
+                            sampling: dict | None = None, seed_base: int = 0, dump: Path | None = None,
+                            close: bool = False) -> str:
     """Per split and backend: declared coverage and compile times over a fixed random sample of
     ``n_cover`` schemas (``outlines_cover`` for outlines-core, whose compiles take seconds and GBs)
     with model-free random walks over every compiled schema; then SmolLM2 compliance on the first
@@ -599,7 +606,7 @@ def jsonschemabench_section(root: Path, splits: list[str], n_cover: int, n_compl
                 try:
                     schema = json.loads(f.read_text())
                     t0 = time.perf_counter()
-                    g = build({"json_schema": schema}, base.tokenizer, backend)
+                    g = build({"json_schema": schema, "close_within_budget": close}, base.tokenizer, backend)
                     times.append((time.perf_counter() - t0) * 1e3)
                 except (ValueError, DecodekitError) as e:
                     refused += 1
@@ -692,7 +699,7 @@ def jsonschemabench_section(root: Path, splits: list[str], n_cover: int, n_compl
         out += "\n\nRefusals and crashes, most frequent first messages (locations and names elided):\n\n" + "\n".join(reasons_out)
     if len(comply_rows) > 2:
         out += (f"\n\n### Compliance on SmolLM2-135M (≤ {max_new} new tokens, seed = {f'{seed_base} + ' if seed_base else ''}the schema's index in the sample, {batch} schemas per batched "
-                f"call, {describe_protocol(prompt_style, prompt_cap, sampling)})\n\n" + "\n".join(comply_rows))
+                f"call, {describe_protocol(prompt_style, prompt_cap, sampling, close)})\n\n" + "\n".join(comply_rows))
     if compare:
         out += ("\n\nAgainst the figures quoted in issue 4 (JSONSchemaBench paper, GitHub-Hard; see the caveats "
                 "below):\n\n" + "\n".join(compare))
@@ -816,6 +823,8 @@ def main() -> None:
     ap.add_argument("--seed-base", type=int, default=0, help="compliance seed = this + the schema's index in the sample")
     ap.add_argument("--top-p", type=float, default=None, help="compliance sampling: nucleus (after the grammar mask)")
     ap.add_argument("--min-p", type=float, default=None, help="compliance sampling: min-p (after the grammar mask)")
+    ap.add_argument("--close-within-budget", action="store_true",
+                    help="compliance: the grammar option close_within_budget (outputs close within --max-new)")
     ap.add_argument("--json-separators", choices=("spaced", "compact"), default=None,
                     help="separators of llguidance's JSON grammar (benchmark only; default: the plugin's, spaced)")
     args = ap.parse_args()
@@ -850,7 +859,7 @@ def main() -> None:
             root, split_names(root, args.splits), args.cover, args.comply, args.max_new, args.backends.split(","),
             args.walks, args.outlines_cover, split_names(root, args.comply_splits),
             tuple(args.comply_backends.split(",")), args.batch, prompt_style=args.prompt, prompt_cap=args.prompt_cap,
-            sampling=sampling, seed_base=args.seed_base, dump=args.dump)
+            sampling=sampling, seed_base=args.seed_base, dump=args.dump, close=args.close_within_budget)
         sections.append(f"## JSONSchemaBench\n\n`{shlex.join(['python'] + sys.argv)}` "
                         f"({(time.perf_counter() - t0) / 60:.0f} min)\n\n" + body)
     if args.only_jsonschemabench:

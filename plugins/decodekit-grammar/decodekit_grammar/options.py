@@ -24,4 +24,9 @@ class GrammarOptions(BaseModel):
                             "outlines = outlines-core with precomputed per-state masks (regex, choice, json_schema)")
     mode: Literal["constrained", "aligned"] = Field(
         "constrained", description="aligned = ASAp grammar-aligned sampling (use strategy: sample, temperature 1)")
+    close_within_budget: bool = Field(
+        False, description="finish the output within max_new_tokens: when the tokens left come down to a short "
+                           "deterministic way to close it (string ends, brackets, minimal required values), "
+                           "follow that, so the output ends valid instead of cut off; outputs that never get "
+                           "that close to the budget are unchanged")
     cache: bool = Field(True, description="cache compiled outlines indexes on disk under decodekit's cache dir")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from decodekit import NoAllowedTokenError, TokenState, hookimpl
-from decodekit_grammar import aligned
+from decodekit_grammar import aligned, closing
 from decodekit_grammar.constraints import Constraint
 from decodekit_grammar.options import GrammarOptions
 from decodekit_grammar.vocab import TokenVocab, from_tokenizer
@@ -32,12 +32,18 @@ _VOCABS: dict[int, tuple[Any, TokenVocab]] = {}
 
 
 class GState:
-    """An immutable per-row state; ``cache`` holds its mask row once computed (see ``Grammar.row``)."""
+    """An immutable per-row state; ``cache`` holds its mask row once computed (see ``Grammar.row``).
 
-    __slots__ = ("inner", "status", "cache")
+    With ``close_within_budget``: ``where`` is :func:`closing.json_quote`'s position after the
+    text so far (JSON Schema), ``previous`` the last token (-1 at the start), and ``closing`` caches the state's closing walk as ``(walk, limit)``
+    (the walk, or None if none fits in ``limit`` tokens).
+    """
 
-    def __init__(self, inner: Any, status: int = LIVE):
+    __slots__ = ("inner", "status", "cache", "where", "previous", "closing")
+
+    def __init__(self, inner: Any, status: int = LIVE, where: int = closing.OUTSIDE, previous: int = -1):
         self.inner, self.status, self.cache = inner, status, None
+        self.where, self.previous, self.closing = where, previous, None
 
 
 def vocab_of(tokenizer: Any) -> TokenVocab:
@@ -83,6 +89,11 @@ class Grammar(TokenState[GState]):
         self._eos = frozenset(self.eos_ids)
         self._int_masks: dict[tuple[int, int], tuple[np.ndarray, bool]] = {}
         self.trie = aligned.Trie()  # ASAp estimates; kept across calls on purpose (mode: aligned)
+        self.walker = None
+        if self.options.close_within_budget:
+            is_json = self.constraint.kind == "json_schema"
+            required = closing.required_names(self.constraint.source) if is_json else []
+            self.walker = closing.ClosingWalker(self.vocab, json=is_json, required=required)
 
     # -- TokenState ------------------------------------------------------------------------------
 
@@ -95,7 +106,16 @@ class Grammar(TokenState[GState]):
         if token in self._eos:
             return GState(None, DONE) if self.automaton.accepting(state.inner) else GState(None, DEAD)
         inner = self.automaton.step(state.inner, token)
-        return GState(inner) if inner is not None else GState(None, DEAD)
+        if inner is None:
+            return GState(None, DEAD)
+        if self.walker is None:
+            return GState(inner)
+        where = closing.json_quote(state.where, self.vocab.tokens[token]) if self.walker.json else state.where
+        nxt = GState(inner, where=where, previous=token)
+        walk = state.closing[0] if state.closing is not None else None
+        if walk and walk[0] == token:  # the same walk goes on from here: its tail is this state's
+            nxt.closing = (walk[1:], state.closing[1])
+        return nxt
 
     # -- masks -----------------------------------------------------------------------------------
 
@@ -122,6 +142,32 @@ class Grammar(TokenState[GState]):
             row[[e for e in self.eos_ids if e < width]] = True
         return row, bool(row.any())
 
+    def closing_walk(self, state: GState, limit: int) -> tuple[int, ...] | None:
+        """The closing walk of a LIVE ``state`` (see :mod:`closing`), or None if it is longer
+        than ``limit`` tokens. Cached on the state."""
+        hit = state.closing
+        if hit is not None and (hit[0] is not None or limit <= hit[1]):
+            walk = hit[0]
+        else:
+            walk = self.walker.walk(self.automaton, state.inner, state.where, state.previous, limit)
+            state.closing = (walk, limit)
+        return walk if walk is not None and len(walk) <= limit else None
+
+    def row_at(self, state: GState, generated: int, max_new_tokens: int, width: int) -> tuple[np.ndarray, bool]:
+        """Like ``row``, for a position after ``generated`` new tokens of ``max_new_tokens``: with
+        ``close_within_budget``, only the closing walk's next token (EOS once it is accepting)
+        when the tokens left are no more than the walk + EOS + ``closing.CLOSE_MARGIN``."""
+        row, some = self.row(state, width)
+        if self.walker is None or not some:
+            return row, some
+        left = max_new_tokens - generated  # tokens that may still come, this one included
+        walk = self.closing_walk(state, left - 1)  # it must leave room for the EOS
+        if walk is None or len(walk) + 1 + closing.CLOSE_MARGIN < left:
+            return row, some
+        forced = np.zeros(width, dtype=bool)
+        forced[[walk[0]] if walk else [e for e in self.eos_ids if e < width]] = True
+        return forced, True
+
     def allowed(self, state: GState, width: int) -> torch.Tensor:
         """bool ``[width]``: the tokens allowed after ``state`` (EOS included when it may end)."""
         if state.status != LIVE:
@@ -147,6 +193,8 @@ class Grammar(TokenState[GState]):
         B, J, V = logits.shape
         states = positions.states(self)
         done = positions.generation.done
+        if self.walker is not None:
+            return self._closing_mask(positions, logits)
         if B == 1 and J == 1 and not done[positions.rows[0]]:
             st = states[0][0]
             if st.status == LIVE and st.cache is None and not isinstance(st.inner, int):
@@ -172,6 +220,27 @@ class Grammar(TokenState[GState]):
                     out[i, j] = True
             if n < J:
                 out[i, n:] = True  # a finished row, or padding: unrestricted
+        m = torch.from_numpy(out)
+        return m if logits.is_cpu else m.to(logits.device)
+
+    def _closing_mask(self, positions: Any, logits: torch.Tensor) -> torch.Tensor:
+        """``mask`` with ``close_within_budget``: each position's row from ``row_at``."""
+        B, J, V = logits.shape
+        states = positions.states(self)
+        gen = positions.generation
+        out = np.ones((B, J, V), dtype=bool)  # finished rows and padding: unrestricted
+        for i, r in enumerate(positions.rows):
+            if gen.done[r]:
+                continue
+            base = len(gen.tokens[r]) - gen.prompt_lengths[r]
+            for j in range(positions.length(i)):
+                st = states[i][j]
+                if st.status != LIVE:
+                    continue
+                row, some = self.row_at(st, base + len(positions.paths[i][j]), gen.limits.max_new_tokens, V)
+                if not some:
+                    self._no_token(positions, i, j)
+                out[i, j] = row
         m = torch.from_numpy(out)
         return m if logits.is_cpu else m.to(logits.device)
 

@@ -9,6 +9,8 @@ along drafts and keep only the committed one.
 * ``allowed(state)``: numpy bool ``[vocab.size]``, the tokens ``step`` accepts (EOS excluded:
   the plugin adds the pipeline's EOS ids when ``accepting(state)``).
 * ``accepting(state)``: True when the text so far is a complete match (EOS may follow).
+* ``forced(state)``, ``accepts(state, tokens)``: tokens that must come next; whether a sequence
+  may (used by closing walks; a backend overrides them where its engine answers faster).
 * ``allowed_row(state, width)``: ``allowed(state)`` cut or padded with False to ``width`` (the
   logits' width), as a new array the caller owns. A backend overrides it when it can build the
   row without going through ``allowed`` (llguidance unpacks its bitmask straight to ``width``).
@@ -39,6 +41,19 @@ class Automaton(ABC):
 
     @abstractmethod
     def accepting(self, state: Any) -> bool: ...
+
+    def forced(self, state: Any) -> list[int]:
+        """Tokens that must come next, whatever is generated (a JSON key the grammar fixes, a
+        literal), in the engine's own tokenization; empty when the engine does not know."""
+        return []
+
+    def accepts(self, state: Any, tokens: list[int]) -> bool:
+        """Whether ``tokens`` may come next, one after the other, from ``state``."""
+        for t in tokens:
+            state = self.step(state, t)
+            if state is None:
+                return False
+        return True
 
     def allowed_row(self, state: Any, width: int) -> np.ndarray:
         mask = self.allowed(state)

@@ -172,6 +172,13 @@ class LLGuidanceAutomaton(Automaton):
         # one pass: ``count`` cuts the bits at ``width`` or pads them with zeros up to it
         return np.unpackbits(self.words(state).view(np.uint8), count=width, bitorder="little").view(bool)
 
+    def forced(self, state: MatcherState) -> list[int]:
+        return list(state.matcher.compute_ff_tokens())
+
+    def accepts(self, state: MatcherState, tokens: list[int]) -> bool:
+        # validate_tokens checks without consuming (no copy of the matcher)
+        return state.matcher.validate_tokens(list(tokens)) == len(tokens)
+
     def accepting(self, state: MatcherState) -> bool:
         return bool(state.matcher.is_accepting())
 
