@@ -83,6 +83,30 @@ def _ranked(tokens: list[bytes | None], keep) -> np.ndarray:
     return np.array(ids, dtype=np.int64)
 
 
+_TABLES: dict[tuple[str, bool], list[np.ndarray]] = {}
+
+
+def closer_tables(vocab: TokenVocab, json: bool) -> list[np.ndarray]:
+    """The walk's preferred tokens, best first, per position: JSON ``[OUTSIDE, INSIDE, ESCAPED]``
+    (see ``json_quote``), else one list. Built once per vocabulary (~40 ms for 49k tokens: a
+    compile must not pay it for every schema)."""
+    key = (vocab.key, json)  # the vocabulary's digest ("" for a hand-made one: not cached)
+    hit = _TABLES.get(key) if vocab.key else None
+    if hit is None:
+        tokens = vocab.tokens[: vocab.size]
+        if json:
+            brackets = _ranked(tokens, lambda t: all(c in b"]}" for c in t))
+            spelled = vocab.by_bytes()
+            values = np.array([spelled[v][0] for v in MINIMAL_VALUES if v in spelled], dtype=np.int64)
+            inside = _ranked(tokens, lambda t: t[:1] == b'"' and all(c in b"]}" for c in t[1:]))
+            hit = [np.concatenate([brackets, values]), inside, np.zeros(0, dtype=np.int64)]
+        else:
+            hit = [_ranked(tokens, lambda t: all(c in b")]}\"'" for c in t))]
+        if vocab.key:
+            _TABLES[key] = hit
+    return hit
+
+
 class ClosingWalker:
     """Closing walks over one vocabulary, for JSON (``json=True``) or any other constraint."""
 
@@ -93,15 +117,7 @@ class ClosingWalker:
         # each required property name of the schema + its closing quote, as token ids
         self.required = [ids for ids in (tuple(vocab.encode(name + '"')) for name in sorted(set(required)))
                          if ids and all(t < vocab.size for t in ids)]
-        if json:
-            # [k]: the tokens preferred, best first, where ``json_quote`` is OUTSIDE / INSIDE / ESCAPED
-            brackets = _ranked(tokens, lambda t: all(c in b"]}" for c in t))
-            spelled = vocab.by_bytes()
-            values = np.array([spelled[v][0] for v in MINIMAL_VALUES if v in spelled], dtype=np.int64)
-            inside = _ranked(tokens, lambda t: t[:1] == b'"' and all(c in b"]}" for c in t[1:]))
-            self.closers = [np.concatenate([brackets, values]), inside, np.zeros(0, dtype=np.int64)]
-        else:
-            self.closers = [_ranked(tokens, lambda t: all(c in b")]}\"'" for c in t))]
+        self.closers = closer_tables(vocab, json)
 
     def _required_key(self, automaton: Any, state: Any, allowed: np.ndarray) -> list[int]:
         """The tokens of a required property name and its closing quote, if one may come here."""
