@@ -739,7 +739,11 @@ NOTES_JSB = """## Reading these numbers
   the plain request, answered `{"name": "Ada", "id": 7, "tags": ["math"]}`) before the request;
   `--temperature`, `--top-p`, `--min-p` apply after the grammar mask; `--json-separators compact`
   makes the grammar emit `,` and `:` (benchmark only: the plugin's formatting is not an option).
-  None of these changes what counts as valid, and no schema is altered.
+  `--close-within-budget` turns on the plugin's option of that name (stated in the table's
+  title): once the tokens left come down to a closing walk + EOS + 8, the mask allows only the
+  walk's next token, so outputs end within `--max-new` where a walk fits (a mask time then
+  includes computing the walk; `docs/plugins/grammar.md`). None of these changes what counts as
+  valid, and no schema is altered.
   `--batch` schemas share one batched `generate` call; each row is masked by its own schema's
   `Grammar` exactly as the plugin's `mask` hook does (a benchmark-only per-row dispatcher, since a
   pipeline's grammar plugin holds one constraint for all rows). "valid": ended with EOS and

@@ -110,6 +110,29 @@ def outlines_regex(schema: Any) -> str:
 # * an unknown ``format`` is dropped: JSON Schema treats ``format`` as an annotation unless a
 #   validator opts in, so the string stays valid under the schema as validated (formats
 #   llguidance knows — date-time, email, uuid, ... — stay enforced).
+#
+# * under drafts 3 to 7 (by ``$schema``), a ``$ref`` makes the other keywords beside it ignored (the
+#   spec says so, and jsonschema validates that way); they are dropped, which is exact there.
+#   llguidance would otherwise apply them and refuses some (a recursive ``$ref`` with siblings).
+#
+# Keywords llguidance does not implement become *approximations*: a stricter schema, so every
+# output is valid under the original, though some valid documents can no longer be produced.
+# A form not listed here stays refused with llguidance's error.
+#
+# * ``{"not": {}}`` (or ``not: true``) is the schema ``false``.
+# * ``not`` of ``required`` lists (``{"required": R}``, ``allOf`` / ``anyOf`` of them, or
+#   ``properties`` holding only ``true`` schemas beside ``required``): "not all of R present" is
+#   met by leaving out one name of R that the schema does not require itself
+#   (``properties[name] = false``; for ``anyOf``, one name per branch). ``not(required ...)``
+#   fails every non-object, so the type becomes ``object``.
+# * ``not: {"type": T}``: the other types (``integer`` in T removes ``number`` too, since
+#   "a number but not an integer" has no schema llguidance takes).
+# * ``uniqueItems: true``: at most one item (``maxItems: 1``); refused when ``minItems`` > 1.
+# * ``if: P, then: Q, else: E``: ``allOf: [P, Q]`` — an instance valid under P and Q takes the
+#   ``then`` branch and satisfies it (without ``then``: P alone).
+# * ``propertyNames: S``: declared properties whose names S rejects are left out (refused when
+#   one is required) and ``additionalProperties`` becomes ``false`` (refused with
+#   ``patternProperties``, whose names S would have to be checked against).
 
 _TYPE_OF = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null",
             list: "array", dict: "object"}
@@ -241,18 +264,193 @@ def _rewrite_dependencies(node: dict, where: str) -> None:
         node["required"] = required
 
 
+# kept beside a ``$ref`` under drafts 3-7: what other references or the validator choice need
+_REF_KEEPS = {"$ref", "definitions", "$defs", "$schema", "$id", "id"}
+
+
+def ref_ignores_siblings(root: Any) -> bool:
+    """Whether ``root``'s ``$schema`` is draft 3, 4, 6 or 7, where keywords beside ``$ref`` are ignored."""
+    declared = root.get("$schema") if isinstance(root, dict) else None
+    return isinstance(declared, str) and any(f"draft-0{n}/" in declared for n in (3, 4, 6, 7))
+
+
+def _drop_ref_siblings(node: dict) -> None:
+    if "$ref" in node:
+        for key in [k for k in node if k not in _REF_KEEPS and k not in ANNOTATIONS]:
+            del node[key]
+
+
+ALL_TYPES = ("array", "boolean", "integer", "null", "number", "object", "string")
+
+
+def _is_false(node: Any) -> bool:
+    """``node`` is ``{"not": {}}`` or ``{"not": true}`` (annotations aside): no instance is valid."""
+    return (isinstance(node, dict) and node.get("not") in ({}, True)
+            and all(k == "not" or k in ANNOTATIONS for k in node))
+
+
+def _falsify(node: Any) -> Any:
+    """``node`` with every subschema that is :func:`_is_false` replaced by ``False`` (schema positions only)."""
+    if _is_false(node):
+        return False
+    if not isinstance(node, dict):
+        return node
+    for key, value in node.items():
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            node[key] = {k: _falsify(v) for k, v in value.items()}
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            node[key] = [_falsify(v) for v in value]
+        elif key in _SCHEMA_ONE and isinstance(value, dict) and key != "not":
+            node[key] = _falsify(value)
+        elif key == "items" and isinstance(value, list):
+            node[key] = [_falsify(v) for v in value]
+    return node
+
+
+def _required_sets(neg: Any) -> list[list[str]] | None:
+    """For ``not: neg``, the name lists of which at least one name each must be left out, or None
+    when ``neg`` is not a form of required lists (see the comment above)."""
+    if not isinstance(neg, dict):
+        return None
+    keys = set(neg) - ANNOTATIONS
+    if keys == {"required"} or keys == {"required", "properties"}:
+        req = neg.get("required")
+        props = neg.get("properties") or {}
+        if not isinstance(req, list) or any(v not in ({}, True) for v in props.values()):
+            return None
+        return [list(req)]
+    if keys == {"allOf"} and isinstance(neg["allOf"], list):
+        names: list[str] = []
+        for sub in neg["allOf"]:
+            inner = _required_sets(sub)
+            if inner is None or len(inner) != 1:
+                return None
+            names += inner[0]
+        return [names]
+    if keys == {"anyOf"} and isinstance(neg["anyOf"], list):
+        out: list[list[str]] = []
+        for sub in neg["anyOf"]:
+            inner = _required_sets(sub)
+            if inner is None or len(inner) != 1:
+                return None
+            out += inner
+        return out
+    return None
+
+
+def _restrict_types(node: dict, allowed: set[str]) -> bool:
+    """Intersect ``node``'s ``type`` with ``allowed``; False when nothing is left."""
+    own = node.get("type")
+    have = {own} if isinstance(own, str) else set(own) if isinstance(own, list) else set(ALL_TYPES)
+    if "number" in have:
+        have.add("integer")
+    keep = sorted(have & allowed)
+    if "number" in keep and "integer" in keep:
+        keep.remove("integer")
+    if not keep:
+        return False
+    node["type"] = keep[0] if len(keep) == 1 else keep
+    return True
+
+
+def _rewrite_not(node: dict, where: str) -> None:
+    if "not" not in node:
+        return
+    neg = node["not"]
+    sets = _required_sets(neg)
+    if sets is not None:
+        required = set(node.get("required") or [])
+        props = node.setdefault("properties", {})
+        for names in sets:
+            free = [n for n in names if n not in required]
+            if not free:
+                raise ValueError(f"json_schema: the 'not' at {where} forbids properties the schema requires")
+            if not any(props.get(n) is False for n in names):
+                props[free[0]] = False
+        if not _restrict_types(node, {"object"}):
+            raise ValueError(f"json_schema: the 'not' at {where} leaves no type")
+        del node["not"]
+        return
+    if isinstance(neg, dict) and set(neg) - ANNOTATIONS == {"type"}:
+        t = neg["type"]
+        banned = {t} if isinstance(t, str) else set(t) if isinstance(t, list) else None
+        if banned is None:
+            return
+        if "integer" in banned:
+            banned.add("number")  # "not an integer" would keep 1.5 but not 1: no such schema here
+        if "number" in banned:
+            banned.add("integer")
+        if not _restrict_types(node, set(ALL_TYPES) - banned):
+            raise ValueError(f"json_schema: the 'not' at {where} leaves no type")
+        del node["not"]
+
+
+def _rewrite_unique_items(node: dict, where: str) -> None:
+    if "uniqueItems" not in node:
+        return
+    if node["uniqueItems"] is True:
+        if isinstance(node.get("minItems"), int) and node["minItems"] > 1:
+            return  # at least two distinct items: left to llguidance, which refuses the keyword
+        node["maxItems"] = min(1, node.get("maxItems", 1)) if isinstance(node.get("maxItems"), int) else 1
+    del node["uniqueItems"]
+
+
+def _rewrite_if(node: dict) -> None:
+    if "if" not in node:
+        node.pop("then", None)
+        node.pop("else", None)
+        return
+    cond, then = node.pop("if"), node.pop("then", True)
+    node.pop("else", None)
+    node["allOf"] = list(node.get("allOf") or []) + [cond] + ([then] if then is not True else [])
+
+
+def _rewrite_property_names(node: dict, where: str, root: Any) -> None:
+    if "propertyNames" not in node:
+        return
+    rule = _resolve(root, node["propertyNames"])
+    if rule is True or rule == {}:
+        del node["propertyNames"]
+        return
+    if node.get("patternProperties") or (isinstance(rule, dict) and "$ref" in json.dumps(rule)):
+        return  # left to llguidance, which refuses the keyword
+    import jsonschema
+
+    check = jsonschema.validators.validator_for(root)(rule if isinstance(rule, (dict, bool)) else {})
+    required = set(node.get("required") or [])
+    props = node.setdefault("properties", {})
+    for name in list(props):
+        if not check.is_valid(name):
+            if name in required:
+                raise ValueError(f"json_schema: the required property {name!r} at {where} fails its propertyNames")
+            props[name] = False
+    for name in required - set(props):
+        if not check.is_valid(name):
+            raise ValueError(f"json_schema: the required property {name!r} at {where} fails its propertyNames")
+    node["additionalProperties"] = False
+    del node["propertyNames"]
+
+
 def for_llguidance(schema: Any) -> tuple[Any, bool]:
     """``(rewritten copy, coerce_one_of)`` — see the comment above for why each step is sound."""
     import copy
 
     root = copy.deepcopy(schema)
+    drop_siblings = ref_ignores_siblings(root)
+    root = _falsify(root)
     exclusive = [True]
 
     def walk(node: Any, where: str, seen: set[int]) -> None:
         if not isinstance(node, dict) or id(node) in seen:
             return
         seen.add(id(node))
+        if drop_siblings:
+            _drop_ref_siblings(node)
         _rewrite_dependencies(node, where)
+        _rewrite_not(node, where)
+        _rewrite_unique_items(node, where)
+        _rewrite_if(node)
+        _rewrite_property_names(node, where, root)
         branches = node.get("oneOf")
         if isinstance(branches, list):
             own = _types(node)

@@ -295,6 +295,83 @@ def test_llguidance_rewrites_keep_outputs_valid(schema):
         jsonschema.validate(json.loads(o.decode()), schema)
 
 
+APPROXIMATED = [
+    # not: {required}, and not: {anyOf: [{required}, ...]} / {allOf: [...]} / {properties: {x: {}}, required}
+    {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+     "not": {"required": ["a", "b"]}},
+    {"properties": {"a": {"type": "integer"}, "b": {"type": "null"}}, "required": ["a"],
+     "not": {"anyOf": [{"required": ["a", "b"]}, {"required": ["c"]}]}},
+    {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
+     "not": {"allOf": [{"required": ["a"]}, {"required": ["b"]}]}},
+    {"type": "object", "properties": {"x": {"type": "string", "maxLength": 3}},
+     "not": {"properties": {"x": {}}, "required": ["x"]}},
+    # not: {} is false; not: {type}
+    {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"not": {}}}, "additionalProperties": {"not": {}}},
+    {"not": {"type": ["object", "array", "string"]}},
+    {"type": ["integer", "string"], "maxLength": 2, "not": {"type": "integer"}},
+    # uniqueItems, if/then/else, propertyNames
+    {"type": "array", "items": {"type": "integer"}, "uniqueItems": True},
+    {"type": "array", "items": {"enum": ["a", "b"]}, "uniqueItems": True, "maxItems": 3},
+    {"type": "object", "properties": {"kind": {"enum": ["a", "b"]}, "n": {"type": "integer"}}, "required": ["kind"],
+     "if": {"properties": {"kind": {"const": "a"}}}, "then": {"required": ["n"]}, "else": {"not": {"required": ["n"]}}},
+    {"type": "object", "properties": {"ab": {"type": "integer"}, "b1": {"type": "integer"}, "zz": {"type": "null"}},
+     "propertyNames": {"pattern": "^[a-b]+$"}},
+    {"type": "object", "properties": {"ab": {"type": "integer"}}, "propertyNames": {"maxLength": 2, "enum": ["ab", "cd"]}},
+]
+
+
+@pytest.mark.parametrize("schema", APPROXIMATED)
+def test_llguidance_approximations_keep_outputs_valid(schema):
+    a = compile_("llguidance", json_schema=schema)
+    rng = random.Random(2)
+    outs = [o for o in (random_walk(a, rng, stop=0.5) for _ in range(60)) if o is not None]
+    assert len(outs) >= 10
+    for o in outs:
+        jsonschema.validate(json.loads(o.decode()), schema)
+
+
+def test_ref_siblings_are_dropped_only_where_the_draft_ignores_them():
+    schema = {"definitions": {"s": {"type": "string", "maxLength": 6}},
+              "properties": {"a": {"$ref": "#/definitions/s", "maxLength": 1, "description": "x"}}}
+    old = {"$schema": "http://json-schema.org/draft-04/schema#", **schema}
+    assert schemas.for_llguidance(old)[0]["properties"]["a"] == {"$ref": "#/definitions/s", "description": "x"}
+    new = {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+    assert schemas.for_llguidance(new)[0]["properties"]["a"]["maxLength"] == 1
+    assert schemas.for_llguidance(schema)[0]["properties"]["a"]["maxLength"] == 1  # no $schema: the latest draft
+    for s in (old, new):  # either way every output validates under the draft the schema names
+        a = compile_("llguidance", json_schema={**s, "type": "object", "required": ["a"], "additionalProperties": False})
+        rng = random.Random(3)
+        outs = [o for o in (random_walk(a, rng, stop=0.5) for _ in range(40)) if o is not None]
+        assert len(outs) >= 10
+        for o in outs:
+            jsonschema.validators.validator_for(s)(s).validate(json.loads(o.decode()))
+
+
+def test_approximations_say_what_they_become():
+    rewrite = lambda schema: schemas.for_llguidance(schema)[0]  # noqa: E731
+    out = rewrite({"properties": {"a": {}}, "required": ["a"], "not": {"required": ["a", "b"]}})
+    assert out["properties"]["b"] is False and out["type"] == "object" and "not" not in out
+    assert rewrite({"properties": {"b": {"not": {}}}})["properties"]["b"] is False
+    assert rewrite({"not": {"type": "integer"}})["type"] == ["array", "boolean", "null", "object", "string"]
+    assert rewrite({"type": "array", "uniqueItems": True})["maxItems"] == 1
+    out = rewrite({"if": {"required": ["x"]}, "then": {"required": ["y"]}, "else": {"required": ["z"]}})
+    assert out["allOf"] == [{"required": ["x"]}, {"required": ["y"]}] and "if" not in out and "else" not in out
+    out = rewrite({"type": "object", "properties": {"ok": {}, "NO": {}}, "propertyNames": {"pattern": "^[a-z]+$"}})
+    assert out["properties"]["NO"] is False and out["additionalProperties"] is False
+
+
+@pytest.mark.parametrize("schema, message", [
+    ({"type": "object", "required": ["a"], "not": {"required": ["a"]}}, "forbids properties the schema requires"),
+    ({"type": "string", "not": {"type": "string"}}, "leaves no type"),
+    ({"type": "object", "required": ["NO"], "propertyNames": {"pattern": "^[a-z]+$"}}, "fails its propertyNames"),
+    ({"type": "array", "uniqueItems": True, "minItems": 2}, "uniqueItems"),
+    ({"type": "string", "not": {"pattern": "^a"}}, "not"),
+])
+def test_forms_left_unapproximated_are_refused(schema, message):
+    with pytest.raises(ValueError, match=message):
+        compile_("llguidance", json_schema=schema)
+
+
 def test_overlapping_one_of_is_refused():
     with pytest.raises(ValueError, match="oneOf has branches that may overlap"):
         compile_("llguidance", json_schema={"oneOf": [{"type": "integer"}, {"type": "number", "maximum": 5}]})
