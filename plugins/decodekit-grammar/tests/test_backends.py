@@ -287,12 +287,20 @@ class _nothing:
      "required": ["u"], "additionalProperties": False},
 ])
 def test_llguidance_rewrites_keep_outputs_valid(schema):
+    assert_walks_validate(schema, seed=1, walks=40)
+
+
+def assert_walks_validate(schema, seed: int, walks: int, against=None):
+    """Random walks through llguidance's automaton for ``schema`` finish and validate under
+    ``against`` (default: ``schema``), with the validator its ``$schema`` names."""
     a = compile_("llguidance", json_schema=schema)
-    rng = random.Random(1)
-    outs = [o for o in (random_walk(a, rng, stop=0.5) for _ in range(40)) if o is not None]
+    rng = random.Random(seed)
+    outs = [o for o in (random_walk(a, rng, stop=0.5) for _ in range(walks)) if o is not None]
     assert len(outs) >= 10
+    target = schema if against is None else against
+    check = jsonschema.validators.validator_for(target)(target)
     for o in outs:
-        jsonschema.validate(json.loads(o.decode()), schema)
+        check.validate(json.loads(o.decode()))
 
 
 APPROXIMATED = [
@@ -322,12 +330,7 @@ APPROXIMATED = [
 
 @pytest.mark.parametrize("schema", APPROXIMATED)
 def test_llguidance_approximations_keep_outputs_valid(schema):
-    a = compile_("llguidance", json_schema=schema)
-    rng = random.Random(2)
-    outs = [o for o in (random_walk(a, rng, stop=0.5) for _ in range(60)) if o is not None]
-    assert len(outs) >= 10
-    for o in outs:
-        jsonschema.validate(json.loads(o.decode()), schema)
+    assert_walks_validate(schema, seed=2, walks=60)
 
 
 def test_ref_siblings_are_dropped_only_where_the_draft_ignores_them():
@@ -339,12 +342,8 @@ def test_ref_siblings_are_dropped_only_where_the_draft_ignores_them():
     assert schemas.for_llguidance(new)[0]["properties"]["a"]["maxLength"] == 1
     assert schemas.for_llguidance(schema)[0]["properties"]["a"]["maxLength"] == 1  # no $schema: the latest draft
     for s in (old, new):  # either way every output validates under the draft the schema names
-        a = compile_("llguidance", json_schema={**s, "type": "object", "required": ["a"], "additionalProperties": False})
-        rng = random.Random(3)
-        outs = [o for o in (random_walk(a, rng, stop=0.5) for _ in range(40)) if o is not None]
-        assert len(outs) >= 10
-        for o in outs:
-            jsonschema.validators.validator_for(s)(s).validate(json.loads(o.decode()))
+        closed = {**s, "type": "object", "required": ["a"], "additionalProperties": False}
+        assert_walks_validate(closed, seed=3, walks=40, against=s)
 
 
 def test_approximations_say_what_they_become():
