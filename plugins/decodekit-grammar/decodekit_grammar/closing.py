@@ -16,13 +16,14 @@ The walk (greedy, no search; an upper bound on the shortest completion, not the 
   fast-forward tokens, e.g. a JSON key and its ``": "``), it takes the first.
 * JSON Schema: inside a string (tracked by :func:`json_quote`) it takes the longest allowed
   token made of ``"`` and then only ``]`` and ``}`` (the string ends, perhaps with its
-  containers); outside a string, the longest allowed token made of ``]``
-  and ``}`` only, else a minimal value if one is allowed (``0``, ``""``, ``[]``, ``{}``, ``false``,
-  ``null``; single tokens of the vocabulary). Other constraints: the longest allowed token made of ``)`` ``]`` ``}`` ``"``
-  ``'`` only.
+  containers); outside a string, the longest allowed token made of ``]`` and ``}`` only, else a
+  minimal value if one is allowed (``0``, ``""``, ``[]``, ``{}``, ``false``, ``null``; single
+  tokens of the vocabulary). Other constraints: the longest allowed token made of ``)`` ``]``
+  ``}`` ``"`` ``'`` only.
 * Inside a string where a property name may be written, the first token of a name that some
-  ``required`` list of the schema holds, if the grammar allows the whole name there: the grammar lists optional properties
-  before required ones, and writing those would lengthen the walk.
+  ``required`` list of the schema holds, if the grammar allows the whole name there: the
+  grammar lists optional properties before required ones, and writing those would lengthen
+  the walk.
 * Otherwise the allowed token with the lowest id: in byte-level BPE vocabularies the single bytes
   come first, so strings and numbers come out short and keys are the first the grammar offers.
   After a single-byte token, it takes the lowest allowed id above that token's (wrapping

@@ -35,8 +35,9 @@ class GState:
     """An immutable per-row state; ``cache`` holds its mask row once computed (see ``Grammar.row``).
 
     With ``close_within_budget``: ``where`` is :func:`closing.json_quote`'s position after the
-    text so far (JSON Schema), ``previous`` the last token (-1 at the start), and ``closing`` caches the state's closing walk as ``(walk, limit)``
-    (the walk, or None if none fits in ``limit`` tokens).
+    text so far (JSON Schema), ``previous`` the last token (-1 at the start), and ``closing``
+    caches the state's closing walk as ``(walk, limit)`` (the walk, or None if none fits in
+    ``limit`` tokens).
     """
 
     __slots__ = ("inner", "status", "cache", "where", "previous", "closing")
@@ -154,9 +155,10 @@ class Grammar(TokenState[GState]):
         return walk if walk is not None and len(walk) <= limit else None
 
     def row_at(self, state: GState, generated: int, max_new_tokens: int, width: int) -> tuple[np.ndarray, bool]:
-        """Like ``row``, for a position after ``generated`` new tokens of ``max_new_tokens``: with
-        ``close_within_budget``, only the closing walk's next token (EOS once it is accepting)
-        when the tokens left are no more than the walk + EOS + ``closing.CLOSE_MARGIN``."""
+        """The mask row of a LIVE ``state`` at a position after ``generated`` new tokens of
+        ``max_new_tokens``: ``row``, or with ``close_within_budget`` only the closing walk's next
+        token (EOS once it is accepting) when the tokens left are no more than the walk + EOS +
+        ``closing.CLOSE_MARGIN``."""
         row, some = self.row(state, width)
         if self.walker is None or not some:
             return row, some
@@ -193,9 +195,7 @@ class Grammar(TokenState[GState]):
         B, J, V = logits.shape
         states = positions.states(self)
         done = positions.generation.done
-        if self.walker is not None:
-            return self._closing_mask(positions, logits)
-        if B == 1 and J == 1 and not done[positions.rows[0]]:
+        if self.walker is None and B == 1 and J == 1 and not done[positions.rows[0]]:
             st = states[0][0]
             if st.status == LIVE and st.cache is None and not isinstance(st.inner, int):
                 # one position in a state seen for the first time (plain decoding): its new row
@@ -206,13 +206,18 @@ class Grammar(TokenState[GState]):
                     self._no_token(positions, 0, 0)
                 m = torch.from_numpy(row.reshape(1, 1, V))
                 return m if logits.is_cpu else m.to(logits.device)
+        gen = positions.generation
         out = np.empty((B, J, V), dtype=bool)
         for i, r in enumerate(positions.rows):
             n = 0 if done[r] else positions.length(i)
             for j in range(n):
                 st = states[i][j]
                 if st.status == LIVE:
-                    row, some = self.row(st, V)
+                    if self.walker is None:
+                        row, some = self.row(st, V)
+                    else:  # new tokens before this position: committed ones + the draft path
+                        generated = len(gen.tokens[r]) - gen.prompt_lengths[r] + len(positions.paths[i][j])
+                        row, some = self.row_at(st, generated, gen.limits.max_new_tokens, V)
                     if not some:
                         self._no_token(positions, i, j)
                     out[i, j] = row
@@ -220,27 +225,6 @@ class Grammar(TokenState[GState]):
                     out[i, j] = True
             if n < J:
                 out[i, n:] = True  # a finished row, or padding: unrestricted
-        m = torch.from_numpy(out)
-        return m if logits.is_cpu else m.to(logits.device)
-
-    def _closing_mask(self, positions: Any, logits: torch.Tensor) -> torch.Tensor:
-        """``mask`` with ``close_within_budget``: each position's row from ``row_at``."""
-        B, J, V = logits.shape
-        states = positions.states(self)
-        gen = positions.generation
-        out = np.ones((B, J, V), dtype=bool)  # finished rows and padding: unrestricted
-        for i, r in enumerate(positions.rows):
-            if gen.done[r]:
-                continue
-            base = len(gen.tokens[r]) - gen.prompt_lengths[r]
-            for j in range(positions.length(i)):
-                st = states[i][j]
-                if st.status != LIVE:
-                    continue
-                row, some = self.row_at(st, base + len(positions.paths[i][j]), gen.limits.max_new_tokens, V)
-                if not some:
-                    self._no_token(positions, i, j)
-                out[i, j] = row
         m = torch.from_numpy(out)
         return m if logits.is_cpu else m.to(logits.device)
 

@@ -11,7 +11,7 @@ import pytest
 
 from decodekit import Draft, Pipeline, hookimpl
 from decodekit_grammar import Grammar, GrammarOptions
-from decodekit_grammar.closing import ESCAPED, INSIDE, OUTSIDE, ClosingWalker, json_quote
+from decodekit_grammar.closing import ESCAPED, INSIDE, OUTSIDE, json_quote
 
 PERSON = {
     "type": "object",
