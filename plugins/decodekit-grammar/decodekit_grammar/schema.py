@@ -364,7 +364,8 @@ def _rewrite_not(node: dict, where: str) -> None:
         for names in sets:
             free = [n for n in names if n not in required]
             if not free:
-                raise ValueError(f"json_schema: the 'not' at {where} forbids properties the schema requires")
+                raise ValueError(f"json_schema: the 'not' at {where} cannot hold: the schema itself requires "
+                                 f"every name in its required list")
             if not any(props.get(n) is False for n in names):
                 props[free[0]] = False
         if not _restrict_types(node, {"object"}):
