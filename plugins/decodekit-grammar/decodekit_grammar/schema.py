@@ -222,16 +222,20 @@ def _exclusive(root: Any, a: Any, b: Any, objects_only: bool = False) -> bool:
     return any(_forbids(b, p) for p in ra) or any(_forbids(a, p) for p in rb)
 
 
+def _slots(node: dict):
+    """``(keyword, container, key)`` for every subschema of ``node``: ``container[key]`` is it."""
+    for keyword, value in node.items():
+        if keyword in _SCHEMA_MAPS and isinstance(value, dict):
+            yield from ((keyword, value, name) for name in value)
+        elif (keyword in _SCHEMA_LISTS or keyword == "items") and isinstance(value, list):
+            yield from ((keyword, value, k) for k in range(len(value)))
+        elif keyword in _SCHEMA_ONE and isinstance(value, dict):
+            yield keyword, node, keyword
+
+
 def _subschemas(node: dict):
-    for key, value in node.items():
-        if key in _SCHEMA_MAPS and isinstance(value, dict):
-            yield from value.values()
-        elif key in _SCHEMA_LISTS and isinstance(value, list):
-            yield from value
-        elif key in _SCHEMA_ONE and isinstance(value, dict):
-            yield value
-        elif key == "items" and isinstance(value, list):
-            yield from value
+    for _, container, key in _slots(node):
+        yield container[key]
 
 
 def _rewrite_dependencies(node: dict, where: str) -> None:
@@ -290,20 +294,14 @@ def _is_false(node: Any) -> bool:
 
 
 def _falsify(node: Any) -> Any:
-    """``node`` with every subschema that is :func:`_is_false` replaced by ``False`` (schema positions only)."""
+    """``node`` with every subschema that is :func:`_is_false` replaced by ``False`` (schema
+    positions only; not inside a ``not``)."""
     if _is_false(node):
         return False
-    if not isinstance(node, dict):
-        return node
-    for key, value in node.items():
-        if key in _SCHEMA_MAPS and isinstance(value, dict):
-            node[key] = {k: _falsify(v) for k, v in value.items()}
-        elif key in _SCHEMA_LISTS and isinstance(value, list):
-            node[key] = [_falsify(v) for v in value]
-        elif key in _SCHEMA_ONE and isinstance(value, dict) and key != "not":
-            node[key] = _falsify(value)
-        elif key == "items" and isinstance(value, list):
-            node[key] = [_falsify(v) for v in value]
+    if isinstance(node, dict):
+        for keyword, container, key in list(_slots(node)):
+            if keyword != "not":
+                container[key] = _falsify(container[key])
     return node
 
 
