@@ -387,8 +387,7 @@ class PerRowGrammar(TokenState):
                     fresh = inner.cache is None
                     t0 = time.perf_counter()
                     if inner.status == 0:  # LIVE: the row the plugin's own mask gives this position
-                        n = len(positions.generation.tokens[row]) - positions.generation.prompt_lengths[row]
-                        m = torch.from_numpy(g.row_at(inner, n + len(positions.paths[i][j]),
+                        m = torch.from_numpy(g.row_at(inner, len(positions.generated(i, j)),
                                                       positions.generation.limits.max_new_tokens, V)[0])
                     else:
                         m = g.allowed(inner, V)

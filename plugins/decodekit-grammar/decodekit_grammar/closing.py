@@ -120,12 +120,12 @@ class ClosingWalker:
                          if ids and all(t < vocab.size for t in ids)]
         self.closers = closer_tables(vocab, json)
 
-    def _required_key(self, automaton: Any, state: Any, allowed: np.ndarray) -> list[int]:
-        """The tokens of a required property name and its closing quote, if one may come here."""
+    def _required_key(self, automaton: Any, state: Any, allowed: np.ndarray) -> int | None:
+        """The first token of a required property name that may come here with its closing quote."""
         for ids in self.required:
             if allowed[ids[0]] and automaton.accepts(state, ids):
-                return list(ids)
-        return []
+                return ids[0]
+        return None
 
     def _next(self, automaton: Any, state: Any, where: int, previous: int) -> int | None:
         """The walk's next token from ``state``, reached by token ``previous`` (-1: none)."""
@@ -140,8 +140,8 @@ class ClosingWalker:
         if where == INSIDE and self.json and previous >= 0 and (self.tokens[previous] or b"").endswith(b'"'):
             # a string has just opened: where a property name may be written
             key = self._required_key(automaton, state, allowed)
-            if key:
-                return key[0]
+            if key is not None:
+                return key
         # the lowest allowed id; above ``previous`` when that is a single byte, so that a pattern
         # like [a-z0-9-]+: runs "-0123456789:" rather than "-" forever
         start = previous + 1 if 0 <= previous < len(allowed) and len(self.tokens[previous] or b"") == 1 else 0

@@ -206,7 +206,7 @@ class Grammar(TokenState[GState]):
                     self._no_token(positions, 0, 0)
                 m = torch.from_numpy(row.reshape(1, 1, V))
                 return m if logits.is_cpu else m.to(logits.device)
-        gen = positions.generation
+        max_new = positions.generation.limits.max_new_tokens if self.walker is not None else 0
         out = np.empty((B, J, V), dtype=bool)
         for i, r in enumerate(positions.rows):
             n = 0 if done[r] else positions.length(i)
@@ -215,9 +215,8 @@ class Grammar(TokenState[GState]):
                 if st.status == LIVE:
                     if self.walker is None:
                         row, some = self.row(st, V)
-                    else:  # new tokens before this position: committed ones + the draft path
-                        generated = len(gen.tokens[r]) - gen.prompt_lengths[r] + len(positions.paths[i][j])
-                        row, some = self.row_at(st, generated, gen.limits.max_new_tokens, V)
+                    else:
+                        row, some = self.row_at(st, len(positions.generated(i, j)), max_new, V)
                     if not some:
                         self._no_token(positions, i, j)
                     out[i, j] = row
