@@ -45,6 +45,7 @@ from decodekit_speculative.trees import TreeInfo
 # Prior acceptance before anything is observed.
 LOOKUP_PRIOR = (0.35, 0.45, 0.55, 0.65, 0.75, 0.8, 0.85)  # per match-length bucket (lookup.BUCKETS);
                                                           # +0.15 for an anchored match
+RESUME_PRIOR = 0.5                                          # a copy resumed after an edit (lookup.py)
 RECYCLING_PRIOR_TOP = 0.45                                  # rank r: 0.45 * 0.45^r
 MODEL_PRIOR = 0.6
 
@@ -55,7 +56,7 @@ class CallState:
 
     step: int = 0
     drafts: list[Draft | None] = field(default_factory=list)
-    info: list[Any] = field(default_factory=list)  # per row: lookup bucket, or recycling ranks
+    info: list[Any] = field(default_factory=list)  # per row: lookup statistics key, or recycling ranks
     started: float = 0.0                           # perf_counter when the target pass began
     width: int = 1                                 # new tokens per row in that pass (1 + nodes)
     rows: int = 0                                  # rows decoding in that pass
@@ -88,9 +89,13 @@ class Speculative:
         self.aded = AdedTable(min(o.top_k, self.vocab_size), o.explore) if o.proposer == "aded" else None
         self.dytree = DynamicTree() if o.tree == "dynamic" else None  # draft_model / layer_skip
         self.heads: HeadProposer | None = None  # proposer heads: trained draft heads (heads.py)
-        # keyed by (match-length bucket, anchored)
-        self.lookup_stats = {(k, anc): RankStats([min(0.9, p + 0.15 * anc)])
-                             for k, p in enumerate(LOOKUP_PRIOR) for anc in (False, True)}
+        # keyed by (match-length bucket, anchored), and lookup.RESUME_KEY
+        self.lookup_stats: dict[tuple[int, bool] | str, RankStats] = {
+            (k, anc): RankStats([min(0.9, p + 0.15 * anc)]) for k, p in enumerate(LOOKUP_PRIOR) for anc in (False, True)}
+        self.lookup_stats[lookup.RESUME_KEY] = RankStats([RESUME_PRIOR])
+        self.word_starts = None  # prompt_lookup: which tokens begin a word (to resume a copy)
+        if o.proposer == "prompt_lookup" and pipeline.tokenizer is not None:
+            self.word_starts = lookup.word_starts(pipeline.tokenizer, self.vocab_size)
         k = min(o.top_k, self.vocab_size)
         self.recycling_stats = RankStats([RECYCLING_PRIOR_TOP ** (r + 1) for r in range(k)])
         self.model_stats = RankStats([MODEL_PRIOR])
@@ -237,14 +242,15 @@ class Speculative:
     def _propose_lookup(self, gen: Generation, st: CallState, active: list[int], cost) -> None:
         o = self.options
         for b in active:
-            cont, m, anchored, st.offsets[b] = lookup.lookup_draft(
-                gen.tokens[b], o.ngram_min, o.ngram_max, o.max_draft_tokens, st.offsets.get(b))
-            if not cont:
+            found = lookup.lookup_draft(gen.tokens[b], o.ngram_min, o.ngram_max, o.max_draft_tokens,
+                                        st.offsets.get(b), self.word_starts)
+            st.offsets[b] = found.offset
+            if not found.tokens:
                 continue
-            bucket = (lookup.bucket(m), anchored)
-            n = plan_chain(self.lookup_stats[bucket].rate()[0], len(cont), cost) if o.adaptive else len(cont)
+            rate = self.lookup_stats[found.key].rate()[0]
+            n = plan_chain(rate, len(found.tokens), cost) if o.adaptive else len(found.tokens)
             if n > 0:
-                st.drafts[b], st.info[b] = Draft.chain(cont[:n]), bucket
+                st.drafts[b], st.info[b] = Draft.chain(found.tokens[:n]), found.key
 
     def _propose_recycling(self, gen: Generation, st: CallState, active: list[int], cost) -> None:
         o = self.options

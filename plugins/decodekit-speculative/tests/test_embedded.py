@@ -47,3 +47,17 @@ def test_embedded_greedy_is_token_identical(reference, proposer):
                     plugins=[{"name": "speculative", **opts}, *plugins()])
     res = pipe.generate(PROMPTS)
     assert [c.token_ids for c in res.completions] == reference
+
+
+def test_a_typo_fix_resumes_the_copy_after_each_edit():
+    """Fixing typos breaks the lookup's match at every corrected word; the resumed drafts (the
+    source from the next word start on) are proposed there, and the target accepts some."""
+    pipe = Pipeline("smollm2-135m", decoding={"strategy": "greedy", "max_new_tokens": 48},
+                    plugins=[{"name": "speculative", "proposer": "prompt_lookup", "verify_costs": {1: 1.0, 64: 1.0}}])
+    text = ("The comittee met on tuesday to discus the new budjet. Several members argued that the "
+            "library shoud recieve more funding.")
+    plain = Pipeline("smollm2-135m", decoding={"strategy": "greedy", "max_new_tokens": 48})
+    prompt = f"Correct the typos in this text and output the whole text:\n\n{text}"
+    assert pipe.generate(prompt).token_ids == plain.generate(prompt).token_ids
+    resumed = dict(pipe.plugins)["speculative"].lookup_stats["resume"]
+    assert resumed.visits[0] > 0 and resumed.hits[0] > 0

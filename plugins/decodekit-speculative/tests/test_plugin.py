@@ -64,7 +64,7 @@ def test_config_entry_runs(tok, llama):
 
 def test_lookup_takes_the_longest_then_most_recent_match():
     t = [1, 2, 3, 9, 2, 3, 8, 5, 2, 3]  # suffix "2 3": at 1-2 (then 9) and 4-5 (then 8)
-    assert lookup.lookup_draft(t, 1, 8, 3) == ([8, 5, 2], 2, False, 6 - 10)
+    assert lookup.lookup_draft(t, 1, 8, 3) == ([8, 5, 2], 2, False, False, 6 - 10)
     t = [7, 2, 3, 9, 1, 2, 3, 8, 7, 2, 3]  # "7 2 3" matches longer at the start
     assert lookup.lookup_draft(t, 1, 8, 2)[:2] == ([9, 1], 3)
     assert lookup.lookup_draft([1, 2, 3], 1, 8, 4)[:2] == ([], 0)
@@ -77,8 +77,36 @@ def test_lookup_prefers_the_match_where_the_last_copy_continues():
     # became 88; after "88 1" only "1" matches (at 1, 4, 7 and 12, 15). The copy offset (the
     # source 6 sat at text position 17: -11) says the copy continues at 19 - 11 = 8 (token 15).
     t = [10, 1, 11, 12, 1, 13, 14, 1, 15, 0, 0, 10, 1, 11, 12, 1, 13, 88, 1]
-    assert lookup.lookup_draft(t, 1, 8, 1, offset=-11) == ([15], 1, True, 8 - 19)
-    assert lookup.lookup_draft(t, 1, 8, 1) == ([13], 1, False, 16 - 19)  # the most recent: wrong here
+    assert lookup.lookup_draft(t, 1, 8, 1, offset=-11) == ([15], 1, True, False, 8 - 19)
+    assert lookup.lookup_draft(t, 1, 8, 1) == ([13], 1, False, False, 16 - 19)  # the most recent: wrong here
+
+
+def test_lookup_resumes_the_copy_at_the_next_word_start_when_nothing_matches():
+    # source "the com itt ee met on" (ids 10 20 21 22 30 40, 20-22 one misspelt word), a separator,
+    # then the copy "the" with the word fixed to a single new token 99. After 99 nothing matches;
+    # the copy offset (-7: "the" at 0 was copied at 7) says the copy would continue at 9 - 7 = 2,
+    # inside the misspelt word: the draft resumes at its next word start, 30 ("met").
+    starts = np.zeros(100, dtype=bool)
+    starts[[10, 20, 30, 40, 99]] = True
+    t = [10, 20, 21, 22, 30, 40, 0, 10, 99]
+    found = lookup.lookup_draft(t, 1, 8, 4, offset=-7, starts=starts)
+    assert found == ([30, 40, 0, 10], 0, True, True, 4 - 9)
+    assert found.key == lookup.RESUME_KEY
+    assert lookup.lookup_draft(t, 1, 8, 4, offset=-7).tokens == []     # no word starts: no resume
+    assert lookup.lookup_draft(t, 1, 8, 4, starts=starts).tokens == []  # no copy to resume
+    starts[[30, 40, 0, 10]] = False                                     # no word start within reach
+    assert lookup.lookup_draft(t, 1, 8, 4, offset=-7, starts=starts).tokens == []
+
+
+def test_word_starts_reads_the_tokenizer(tok):
+    starts = lookup.word_starts(tok, len(tok) + 3)
+    pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
+    assert starts.shape == (len(tok) + 3,) and not starts[len(tok):].any()
+    for i, piece in enumerate(pieces):
+        if piece and piece[0].isalnum():
+            assert not starts[i], piece
+        if piece and piece[0] in lookup.WORD_MARKERS + " .,(":
+            assert starts[i], piece
 
 
 def test_lookup_buckets_are_monotone():
