@@ -33,9 +33,9 @@ def _as_section(text: str) -> str:
 def main() -> None:
     results = ROOT / "docs" / "results"
     files = {p.stem: p for p in results.glob("*.md")}
-    # each benchmark's CPU page, its CPU page with oneDNN kernels (<name>_onednn), then its GPU
-    # page (<name>_cuda), for those recorded
-    ordered = [v for n in ORDER for v in (n, f"{n}_onednn", f"{n}_cuda")]
+    # each benchmark's CPU page, its CPU pages with oneDNN kernels (<name>_onednn, on one thread
+    # and on two), then its GPU page (<name>_cuda), for those recorded
+    ordered = [v for n in ORDER for v in (n, f"{n}_onednn", f"{n}_onednn_2threads", f"{n}_cuda")]
     names = [n for n in ordered if n in files] + sorted(n for n in files if n not in ordered)
     parts = [HEADER]
     for n in names:
