@@ -23,7 +23,9 @@ from _common import write_result  # noqa: E402
 from speculative import SETS  # noqa: E402
 
 from decodekit import Pipeline  # noqa: E402
-from decodekit_speculative import lookup  # noqa: E402
+from decodekit_speculative import Speculative, SpeculativeOptions, lookup  # noqa: E402
+
+DEFAULTS = SpeculativeOptions()  # the plugin's own n-gram bounds
 
 
 def replay(prompt: list[int], output: list[int], length: int, starts) -> int:
@@ -31,7 +33,7 @@ def replay(prompt: list[int], output: list[int], length: int, starts) -> int:
     commit ``output`` after ``prompt`` (``starts``: word starts to resume with, or None)."""
     text, offset, passes, done = list(prompt), None, 0, 0
     while done < len(output):
-        found = lookup.lookup_draft(text, 1, 8, length, offset, starts)
+        found = lookup.lookup_draft(text, DEFAULTS.ngram_min, DEFAULTS.ngram_max, length, offset, starts)
         offset = found.offset
         k = 0  # accepted draft tokens: the longest prefix of the draft that the output continues with
         while k < len(found.tokens) and done + k < len(output) and found.tokens[k] == output[done + k]:
@@ -51,7 +53,7 @@ def main() -> None:
     lengths = [int(x) for x in args.lengths.split(",")]
 
     pipe = Pipeline("smollm2-135m", decoding={"strategy": "greedy", "max_new_tokens": args.new_tokens})
-    starts = lookup.word_starts(pipe.tokenizer, int(pipe.model.get_output_embeddings().weight.shape[0]))
+    starts = Speculative(DEFAULTS, pipe).word_starts  # the word starts the plugin resumes at
     variants = {"lookup": None, "lookup + resume": starts}
     rows = []
     for set_name, prompts in SETS.items():
