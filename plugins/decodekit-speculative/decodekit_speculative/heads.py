@@ -40,7 +40,6 @@ the exact training command); written by ``python -m decodekit_speculative.train_
 
 from __future__ import annotations
 
-import heapq
 import json
 import time
 import weakref
@@ -55,7 +54,7 @@ from torch import nn
 from decodekit.generation import Generation
 from decodekit.types import Decision, Draft
 
-from decodekit_speculative.planning import CostModel, RankStats, best_prefix
+from decodekit_speculative.planning import CostModel, RankStats, depth_tree_template, plan_depth_tree
 
 FORMAT = "decodekit-heads/1"
 WEIGHTS = "heads.safetensors"
@@ -230,34 +229,6 @@ class HiddenCapture:
 
 
 # -- the tree ----------------------------------------------------------------------------------
-
-def depth_tree_template(rates: list[list[float]], max_nodes: int) -> list[tuple[int, int, int, float]]:
-    """Best-first tree: ``(parent, depth, rank, reach)`` per node (``depth`` from 1).
-
-    ``rates[d - 1][r]``: estimated chance that the rank-``r`` candidate at depth ``d`` is accepted
-    given its parent was; ``reach`` is the product along the node's path. Nodes come out in order
-    of decreasing reach, so every prefix of the list is a tree and the best tree of its size.
-    """
-    out: list[tuple[int, int, int, float]] = []
-    heap = [(-rates[0][r], -1, 1, r) for r in range(len(rates[0])) if rates[0][r] > 0] if rates else []
-    heapq.heapify(heap)
-    while heap and len(out) < max_nodes:
-        neg, parent, depth, rank = heapq.heappop(heap)
-        out.append((parent, depth, rank, -neg))
-        me = len(out) - 1
-        if depth < len(rates):
-            for r, a in enumerate(rates[depth]):
-                if a > 0:
-                    heapq.heappush(heap, (neg * a, me, depth + 1, r))
-    return out
-
-
-def plan_depth_tree(rates: list[list[float]], max_nodes: int, cost: "callable"
-                    ) -> list[tuple[int, int, int, float]]:
-    """The prefix of :func:`depth_tree_template` maximising ``(1 + sum reach) / cost(size)``."""
-    template = depth_tree_template(rates, max_nodes)
-    return template[:best_prefix([reach for *_, reach in template], cost)]
-
 
 def prior_rates(meta: dict[str, Any] | None, num_heads: int, k: int) -> list[list[float]]:
     """Acceptance priors ``[K][k]``: the heads' measured top-k accuracies, else a generic guess."""
