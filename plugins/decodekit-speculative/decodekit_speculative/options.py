@@ -33,6 +33,9 @@ class SpeculativeOptions(BaseModel):
     # token_recycling
     top_k: int = Field(8, ge=1, le=64, description="token_recycling: next-token candidates kept per token; "
                                                    "heads: candidates per head; aded: candidates per context")
+    recycle_prompt: int = Field(1024, ge=0, description="token_recycling: fill the matrix from the target's "
+                                                        "scores at up to this many last prompt positions after "
+                                                        "the prefill (one LM-head product over them; 0: off)")
 
     # draft_model
     draft: str | None = Field(None, description="draft_model: alias or local directory of a causal LM "
@@ -94,6 +97,8 @@ class SpeculativeOptions(BaseModel):
                              f"not {self.proposer}")
         if {"explore", "persist_table"} & self.model_fields_set and self.proposer != "aded":
             raise ValueError(f"explore / persist_table are options of proposer aded, not of {self.proposer}")
+        if "recycle_prompt" in self.model_fields_set and self.proposer != "token_recycling":
+            raise ValueError(f"recycle_prompt is an option of proposer token_recycling, not of {self.proposer}")
         if (self.skip_layers is not None or self.search) and self.proposer != "layer_skip":
             raise ValueError(f"skip_layers / search are options of proposer layer_skip, not of {self.proposer}")
         return self

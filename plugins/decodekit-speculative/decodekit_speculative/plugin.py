@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -38,8 +38,9 @@ from decodekit_speculative.drafter import DrafterState, ModelDrafter
 from decodekit_speculative.dynamic_tree import DynamicTree
 from decodekit_speculative.heads import DraftHeads, HeadProposer
 from decodekit_speculative.options import SpeculativeOptions
-from decodekit_speculative.planning import CostModel, RankStats, plan_chain, plan_tree, tree_template
-from decodekit_speculative.recycling import AdjacencyMatrix
+from decodekit_speculative.planning import (CostModel, RankStats, depth_tree_template, plan_chain,
+                                            plan_depth_tree, plan_tree, tree_template)
+from decodekit_speculative.recycling import AdjacencyMatrix, PrefillCapture, recycle_prompt
 from decodekit_speculative.trees import TreeInfo
 
 # Prior acceptance before anything is observed.
@@ -47,6 +48,7 @@ LOOKUP_PRIOR = (0.35, 0.45, 0.55, 0.65, 0.75, 0.8, 0.85)  # per match-length buc
                                                           # +0.15 for an anchored match
 RESUME_PRIOR = 0.5                                          # a copy resumed after an edit (lookup.py)
 RECYCLING_PRIOR_TOP = 0.45                                  # rank r: 0.45 * 0.45^r
+COLD_PRIOR_TOP = 0.2                                        # a fallback root child of rank r: 0.2 * 0.5^r
 MODEL_PRIOR = 0.6
 
 
@@ -62,6 +64,16 @@ class CallState:
     rows: int = 0                                  # rows decoding in that pass
     drafter: DrafterState | None = None
     offsets: dict[int, int | None] = field(default_factory=dict)  # prompt lookup: each row's copy offset
+    counted: list[int] = field(default_factory=list)  # token recycling: tokens of each row counted so far
+    prefill: PrefillCapture | None = None             # token recycling: the prefill's hidden states
+
+
+class RecyclingNodes(NamedTuple):
+    """What a token-recycling draft records for the statistics: each node's rank, and whether the
+    root's children came from the fallback (the last token had no row in the matrix)."""
+
+    ranks: list[int]
+    cold: bool
 
 
 class Speculative:
@@ -98,6 +110,7 @@ class Speculative:
             self.word_starts = lookup.word_starts(pipeline.tokenizer, self.vocab_size)
         k = min(o.top_k, self.vocab_size)
         self.recycling_stats = RankStats([RECYCLING_PRIOR_TOP ** (r + 1) for r in range(k)])
+        self.cold_stats = RankStats([COLD_PRIOR_TOP * 0.5 ** r for r in range(k)])  # fallback root children
         self.model_stats = RankStats([MODEL_PRIOR])
         if draft_model is not None and o.proposer != "draft_model":
             raise ValueError(f"a draft_model object is only used by proposer draft_model, not {o.proposer}")
@@ -144,8 +157,10 @@ class Speculative:
 
     @hookimpl
     def start(self, generation: Generation) -> None:
-        st = CallState()
+        st = CallState(counted=list(generation.prompt_lengths))
         generation.scratch(self)["state"] = st
+        if self.matrix is not None and self.options.recycle_prompt > 0 and generation.rows_per_prompt == 1:
+            st.prefill = PrefillCapture(self.target)
         if self.aded is not None and not self.options.persist_table:
             self.aded.reset()
         if self.options.proposer == "layer_skip" and self.drafter is None:  # search: true, first call
@@ -211,7 +226,18 @@ class Speculative:
         for b, (d, v) in enumerate(zip(st.drafts, decision.verdicts)):
             if d is not None:
                 self._observe(d, st.info[b], v.accepted)
-        for s in [*self.lookup_stats.values(), self.recycling_stats, self.model_stats]:
+        if st.prefill is not None:  # the first pass was the prefill: recycle its scores of the prompts
+            hidden = st.prefill.take()
+            st.prefill = None
+            if hidden is not None:
+                prompts = [t[:n] for t, n in zip(generation.tokens, generation.prompt_lengths)]
+                recycle_prompt(self.matrix, self.target.get_output_embeddings(), hidden, prompts,
+                               self.options.recycle_prompt)
+        if self.matrix is not None:
+            for b, tokens in enumerate(generation.tokens):
+                self.matrix.count(tokens[st.counted[b]:])
+                st.counted[b] = len(tokens)
+        for s in [*self.lookup_stats.values(), self.recycling_stats, self.cold_stats, self.model_stats]:
             s.step()
         for tree_stats in (self.aded, self.dytree):
             if tree_stats is not None:
@@ -224,9 +250,12 @@ class Speculative:
 
     @hookimpl
     def finish(self, generation: Generation) -> None:
-        """Proposer heads: remove the hidden-state hook from the target (if still there)."""
+        """Remove the hidden-state hooks from the target (if still there)."""
         if self.heads is not None:
             self.heads.finish(generation)
+        st: CallState | None = generation.scratch(self).get("state")
+        if st is not None and st.prefill is not None:
+            st.prefill.close()
         return None
 
     # -- proposers -----------------------------------------------------------------------------
@@ -255,15 +284,22 @@ class Speculative:
     def _propose_recycling(self, gen: Generation, st: CallState, active: list[int], cost) -> None:
         o = self.options
         rates = self.recycling_stats.rate()
+        # a cold row's root children come from the fallback, with their own rates; deeper nodes as usual
+        cold_rates = [self.cold_stats.rate()] + [rates] * (o.max_draft_tokens - 1)
         if o.adaptive:
-            template = plan_tree(rates, o.max_draft_tokens, cost)
+            warm = plan_tree(rates, o.max_draft_tokens, cost)
+            cold = plan_depth_tree(cold_rates, o.max_draft_tokens, cost)
         else:
-            template = tree_template(rates, o.max_draft_tokens)
-        if not template:
-            return
+            warm = tree_template(rates, o.max_draft_tokens)
+            cold = depth_tree_template(cold_rates, o.max_draft_tokens)
+        cold = [(parent, rank, reach) for parent, _, rank, reach in cold]
         for b in active:
-            draft, ranks = self.matrix.draft(gen.tokens[b][-1], template)
-            st.drafts[b], st.info[b] = draft, ranks
+            last = gen.tokens[b][-1]
+            root = None if self.matrix.has_row(last) else self.matrix.fallback()
+            template = warm if root is None else cold
+            if template:
+                draft, ranks = self.matrix.draft(last, template, root)
+                st.drafts[b], st.info[b] = draft, RecyclingNodes(ranks, root is not None)
 
     def _propose_model(self, gen: Generation, st: CallState, active: list[int], cost) -> None:
         o = self.options
@@ -295,12 +331,13 @@ class Speculative:
             self.heads.observe(draft, info, accepted)
             return
         if proposer == "token_recycling":
-            ranks: list[int] = info
+            ranks, cold = info
             node = -1
             for depth in range(len(accepted) + 1):
                 nxt = accepted[depth] if depth < len(accepted) else None
+                stats = self.cold_stats if cold and depth == 0 else self.recycling_stats
                 for c in draft.children(node):
-                    self.recycling_stats.observe(ranks[c], c == nxt)
+                    stats.observe(ranks[c], c == nxt)
                 if nxt is None:
                     break
                 node = nxt

@@ -12,7 +12,7 @@ from decodekit import ConfigError, Pipeline
 from decodekit.plugins import get_registry
 from decodekit.testing import tiny_model
 from decodekit_speculative import layerskip, lookup, planning
-from decodekit_speculative.recycling import AdjacencyMatrix
+from decodekit_speculative.recycling import AdjacencyMatrix, PrefillCapture
 
 from speculative_helpers import speculative
 
@@ -47,6 +47,8 @@ def test_plugin_is_listed():
     ({"proposer": "prompt_lookup", "verify_costs": {0: 1.0}}, "verify_costs"),
     ({"proposer": "draft_model", "draft": "/no/such/model"}, "no/such/model"),
     ({"proposer": "layer_skip", "skip_layers": [5]}, "skip_layers"),
+    ({"proposer": "prompt_lookup", "recycle_prompt": 0}, "recycle_prompt"),
+    ({"proposer": "token_recycling", "recycle_prompt": -1}, "recycle_prompt"),
 ])
 def test_bad_options_are_errors_naming_the_option(tok, llama, entry, match):
     with pytest.raises(ConfigError, match=match):
@@ -185,6 +187,63 @@ def test_adjacency_matrix_drafts_the_template_breadth_first():
     # node 3 (child of token 6) is dropped: nothing is known after 6
     assert draft.tokens == [5, 6, 8, 2] and draft.parents == [-1, -1, 0, 0] and ranks == [0, 1, 0, 2]
     assert M.draft(4, template) == (None, [])
+
+
+def test_adjacency_matrix_falls_back_to_the_most_committed_tokens():
+    M = AdjacencyMatrix(vocab_size=10, k=3)
+    M.count([4, 4, 7])
+    assert M.fallback() is None                    # fewer than k distinct tokens so far
+    M.count([2, 7, 9])
+    assert M.fallback() == [4, 7, 2]               # counts 2, 2, 1, 1: ties go to the lower id
+    logits = torch.zeros(1, 10)
+    logits[0, [1, 3, 5]] = torch.tensor([3.0, 2.0, 1.0])
+    M.update(torch.tensor([4]), logits)            # after 4: 1, 3, 5
+    assert not M.has_row(8) and M.has_row(4)
+    template = [(-1, 0, 0.2), (-1, 1, 0.1), (0, 0, 0.1), (1, 0, 0.05)]
+    draft, ranks = M.draft(8, template, root=M.fallback())
+    # the root's children come from the fallback; below them the matrix as usual (nothing after 7)
+    assert draft.tokens == [4, 7, 1] and draft.parents == [-1, -1, 0] and ranks == [0, 1, 0]
+
+
+@torch.inference_mode()
+def test_recycling_fills_the_matrix_from_the_prompts_scores(tok, llama):
+    """After the prefill every prompt token's row holds the target's top-k at that position, for
+    each row of a left-padded batch; the hook on the decoder is gone after the call."""
+    pipe = speculative(llama, tok, {"max_new_tokens": 1}, "token_recycling", top_k=3)
+    plug = pipe.plugins[0][1]
+    prompts = [[5, 9, 14, 23, 31, 40, 47], [3, 11, 19]]  # distinct tokens, different lengths
+    pipe.generate(prompts)
+    for prompt in prompts:
+        top = llama(torch.tensor([prompt])).logits[0].topk(2, dim=-1).indices  # [T, 2]
+        for i, t in enumerate(prompt[:-1]):
+            assert plug.matrix.M[t, :2].tolist() == top[i].tolist()
+    assert not llama.get_decoder()._forward_hooks
+
+    off = speculative(llama, tok, {"max_new_tokens": 1}, "token_recycling", recycle_prompt=0)
+    off.generate(prompts)
+    rows = off.plugins[0][1].matrix.M[:, 0] >= 0
+    assert rows.nonzero().flatten().tolist() == [19, 47]  # only what the engine's own pass scored
+
+
+def test_prefill_capture_keeps_one_forward_and_removes_itself(llama):
+    cap = PrefillCapture(llama)
+    with torch.inference_mode():
+        llama(torch.tensor([[1, 2, 3]]))
+        assert cap.hidden.shape[:2] == (1, 3)
+        assert not llama.get_decoder()._forward_hooks
+        llama(torch.tensor([[4, 5]]))
+    assert cap.take().shape[:2] == (1, 3)
+    PrefillCapture(llama).close()
+    assert not llama.get_decoder()._forward_hooks
+
+
+def test_recycling_drafts_from_the_fallback_and_stays_exact(tok, llama):
+    pipe = speculative(llama, tok, {"max_new_tokens": 24}, "token_recycling", verify_costs={1: 1.0, 256: 1.0})
+    plain = Pipeline(llama, tokenizer=tok, decoding={"max_new_tokens": 24})
+    plug = pipe.plugins[0][1]
+    for prompt in ["hello there", "a b c d", "zebra"]:
+        assert pipe.generate(prompt).token_ids == plain.generate(prompt).token_ids
+    assert sum(plug.cold_stats.visits) > 0  # some steps started from a token without a row
 
 
 def test_recycling_matrix_persists_across_calls(tok, llama):
