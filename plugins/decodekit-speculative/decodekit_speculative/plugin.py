@@ -229,7 +229,7 @@ class Speculative:
         if st.prefill is not None:  # the first pass was the prefill: recycle its scores of the prompts
             hidden = st.prefill.take()
             st.prefill = None
-            if hidden is not None:
+            if hidden is not None and self._recycling_pays(st.rows):
                 prompts = [t[:n] for t, n in zip(generation.tokens, generation.prompt_lengths)]
                 recycle_prompt(self.matrix, self.target.get_output_embeddings(), hidden, prompts,
                                self.options.recycle_prompt)
@@ -280,6 +280,14 @@ class Speculative:
             n = plan_chain(rate, len(found.tokens), cost) if o.adaptive else len(found.tokens)
             if n > 0:
                 st.drafts[b], st.info[b] = Draft.chain(found.tokens[:n]), found.key
+
+    def _recycling_pays(self, rows: int) -> bool:
+        """Whether the planner would draft a token-recycling tree now (then the prompt's scores are
+        worth an LM-head product); a device whose plain pass is not timed yet counts as yes."""
+        if self.costs.measured and not self.costs.trusted(rows, 1):
+            return True
+        rates = self.recycling_stats.rate()
+        return bool(plan_tree(rates, self.options.max_draft_tokens, lambda n: self.costs.cost(rows, 1 + n)))
 
     def _propose_recycling(self, gen: Generation, st: CallState, active: list[int], cost) -> None:
         o = self.options

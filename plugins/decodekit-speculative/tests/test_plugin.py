@@ -224,6 +224,11 @@ def test_recycling_fills_the_matrix_from_the_prompts_scores(tok, llama):
     rows = off.plugins[0][1].matrix.M[:, 0] >= 0
     assert rows.nonzero().flatten().tolist() == [19, 47]  # only what the engine's own pass scored
 
+    # where no tree would pay (every draft node costs a whole pass), the LM-head product is saved
+    dear = speculative(llama, tok, {"max_new_tokens": 1}, "token_recycling", verify_costs={1: 1.0, 2: 2.0, 256: 256.0})
+    dear.generate(prompts)
+    assert (dear.plugins[0][1].matrix.M[:, 0] >= 0).nonzero().flatten().tolist() == [19, 47]
+
 
 def test_prefill_capture_keeps_one_forward_and_removes_itself(llama):
     cap = PrefillCapture(llama)
