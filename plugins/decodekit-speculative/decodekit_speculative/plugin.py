@@ -286,28 +286,33 @@ class Speculative:
         worth an LM-head product); a device whose plain pass is not timed yet counts as yes."""
         if self.costs.measured and not self.costs.trusted(rows, 1):
             return True
-        rates = self.recycling_stats.rate()
-        return bool(plan_tree(rates, self.options.max_draft_tokens, lambda n: self.costs.cost(rows, 1 + n)))
+        return bool(self._recycling_template(lambda n: self.costs.cost(rows, 1 + n)))
 
-    def _propose_recycling(self, gen: Generation, st: CallState, active: list[int], cost) -> None:
+    def _recycling_template(self, cost, cold: bool = False) -> list[tuple[int, int, float]]:
+        """The tree template for a row whose last token has a row in the matrix, or for a ``cold``
+        one: its root's children come from the fallback, with their own rates; deeper nodes as usual."""
         o = self.options
         rates = self.recycling_stats.rate()
-        # a cold row's root children come from the fallback, with their own rates; deeper nodes as usual
-        cold_rates = [self.cold_stats.rate()] + [rates] * (o.max_draft_tokens - 1)
+        if not cold:
+            return plan_tree(rates, o.max_draft_tokens, cost) if o.adaptive else tree_template(rates, o.max_draft_tokens)
+        by_depth = [self.cold_stats.rate()] + [rates] * (o.max_draft_tokens - 1)
         if o.adaptive:
-            warm = plan_tree(rates, o.max_draft_tokens, cost)
-            cold = plan_depth_tree(cold_rates, o.max_draft_tokens, cost)
+            template = plan_depth_tree(by_depth, o.max_draft_tokens, cost)
         else:
-            warm = tree_template(rates, o.max_draft_tokens)
-            cold = depth_tree_template(cold_rates, o.max_draft_tokens)
-        cold = [(parent, rank, reach) for parent, _, rank, reach in cold]
+            template = depth_tree_template(by_depth, o.max_draft_tokens)
+        return [(parent, rank, reach) for parent, _, rank, reach in template]
+
+    def _propose_recycling(self, gen: Generation, st: CallState, active: list[int], cost) -> None:
+        templates: dict[bool, list[tuple[int, int, float]]] = {}  # by coldness, planned when first needed
         for b in active:
             last = gen.tokens[b][-1]
             root = None if self.matrix.has_row(last) else self.matrix.fallback()
-            template = warm if root is None else cold
-            if template:
-                draft, ranks = self.matrix.draft(last, template, root)
-                st.drafts[b], st.info[b] = draft, RecyclingNodes(ranks, root is not None)
+            cold = root is not None
+            if cold not in templates:
+                templates[cold] = self._recycling_template(cost, cold)
+            if templates[cold]:
+                draft, ranks = self.matrix.draft(last, templates[cold], root)
+                st.drafts[b], st.info[b] = draft, RecyclingNodes(ranks, cold)
 
     def _propose_model(self, gen: Generation, st: CallState, active: list[int], cost) -> None:
         o = self.options
