@@ -82,21 +82,15 @@ class AdjacencyMatrix:
         ranks: list[int] = []
         where: list[int] = []  # template index -> draft node index, -2 if dropped
         for parent, rank, _ in template:
-            if parent == -1 and root is not None:
-                where.append(len(tokens))
-                tokens.append(root[rank])
-                parents.append(-1)
-                ranks.append(rank)
-                continue
             if parent == -1:
-                src, d_parent = last_token, -1
+                d_parent = -1
+                tok = root[rank] if root is not None else int(M[last_token, rank])
             else:
                 d_parent = where[parent]
                 if d_parent == -2:
                     where.append(-2)
                     continue
-                src = tokens[d_parent]
-            tok = int(M[src, rank])
+                tok = int(M[tokens[d_parent], rank])
             if tok < 0:
                 where.append(-2)
                 continue
@@ -107,7 +101,6 @@ class AdjacencyMatrix:
         if not tokens:
             return None, []
         return Draft(tokens, parents), ranks
-
 
 
 class PrefillCapture:
