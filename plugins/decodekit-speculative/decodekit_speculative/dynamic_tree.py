@@ -209,8 +209,8 @@ class DynamicTree:
 
     @torch.inference_mode()
     def propose(self, gen: Generation, drafter: ModelDrafter, st: DrafterState, active: list[int],
-                costs: CostModel, first_step: bool, max_nodes: int, adaptive: bool, sample: bool
-                ) -> tuple[list[Draft | None], list[TreeInfo | None]]:
+                costs: CostModel, first_step: bool, max_nodes: int, adaptive: bool, sample: bool,
+                margin: float = 1.0) -> tuple[list[Draft | None], list[TreeInfo | None]]:
         B = gen.num_rows
         drafts: list[Draft | None] = [None] * B
         infos: list[TreeInfo | None] = [None] * B
@@ -224,7 +224,7 @@ class DynamicTree:
             verify = base if first_step else costs.cost(rows_n, 1 + n)
             # the root forward (catching up on committed tokens, q' at the root) is paid by any
             # draft, then about forwards_per_node forwards per node as the tree grows
-            return verify + per_draft * (1.0 + self.forwards_per_node * n)
+            return (verify + per_draft * (1.0 + self.forwards_per_node * n)) * margin  # the ledger's margin
 
         if not active or (adaptive and plan_chain(self.depth_rate.rate()[0], max_nodes, cost) == 0):
             return drafts, infos  # not even a good chain would pay: no drafter forward this step

@@ -121,6 +121,60 @@ def _interpolate(table: dict[int, float], s: int, *, flat_beyond: bool) -> float
     return table[near] * _prior(s) / _prior(near)
 
 
+LOSS_ALLOWANCE = 0.02  # DraftLedger: a plain step pays off this many plain passes of drafting's debt
+CREDIT_PASSES = 2.0    # DraftLedger: gains banked beyond this many plain passes are not kept
+DEBT_MARGIN = 0.5      # DraftLedger: each plain pass of debt makes drafts look this much dearer
+
+
+class DraftLedger:
+    """How much time drafting has lost against plain decoding so far, and how sure a draft must be.
+
+    The planner drafts where its estimates say a draft pays; estimates are noisy, and after a back-off
+    they drift back to their priors, so that drafting is probed again. Where drafts do not pay (open
+    chat on a device whose wide passes are dear) those marginal probes are what makes speculative
+    decoding slower than plain decoding. The ledger keeps score with the steps' own measurements.
+    ``balance`` is in plain passes (``c1``, the measured cost of one):
+
+    * after a step with drafts, ``balance += t / c1 - k``: ``t`` the step's seconds (proposing plus
+      the target pass), ``k`` the tokens a row committed (mean over the rows), which plain decoding
+      would have spent ``k`` passes on (negative: a gain);
+    * after a plain step, ``balance -= LOSS_ALLOWANCE``;
+    * work done for drafting outside a step (token recycling's LM-head product over the prompt) adds
+      ``t / c1``;
+    * the balance never falls below ``-CREDIT_PASSES``, where it starts.
+
+    While the balance is a debt, :meth:`margin` scales the planned cost of every draft by
+    ``1 + DEBT_MARGIN * debt``: a draft whose estimate is marginal waits (for about ``debt /
+    LOSS_ALLOWANCE`` plain steps, the time the debt takes to amortise), while one the estimates say
+    pays well (a long copy) still goes. Where drafts pay, the balance sits at the credit floor and
+    the margin is 1. It lives on the plugin object with the costs (it describes the device and the
+    workload, and changes only which drafts are proposed, never what is accepted).
+    """
+
+    def __init__(self) -> None:
+        self.balance = -CREDIT_PASSES  # plain passes lost to drafting (negative: gained)
+
+    def margin(self) -> float:
+        """Factor on the planned cost of a step with drafts (1 unless drafting is in debt)."""
+        return 1.0 + DEBT_MARGIN * max(0.0, self.balance)
+
+    def record(self, seconds: float, tokens_per_row: float, plain_pass: float, drafted: bool) -> None:
+        """Book one step: ``seconds`` from propose to verify's end, ``tokens_per_row`` committed,
+        ``plain_pass`` the seconds of a plain pass."""
+        if drafted:
+            self._add(seconds, plain_pass, -tokens_per_row)
+        else:
+            self._add(0.0, plain_pass, -LOSS_ALLOWANCE)
+
+    def spend(self, seconds: float, plain_pass: float) -> None:
+        """Book work done for drafting outside a step: a pure cost the drafts have to earn back."""
+        self._add(seconds, plain_pass, 0.0)
+
+    def _add(self, seconds: float, plain_pass: float, passes: float) -> None:
+        if math.isfinite(plain_pass) and plain_pass > 0.0:
+            self.balance = max(self.balance + seconds / plain_pass + passes, -CREDIT_PASSES)
+
+
 @dataclass
 class RankStats:
     """Decayed counts of how often the rank-``r`` candidate at a node was accepted.

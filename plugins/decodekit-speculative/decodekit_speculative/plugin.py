@@ -14,8 +14,9 @@ State, and where it lives:
   the time their pass started, the drafter's KV cache;
 * on the plugin object, on purpose (they describe the model, the device and the workload, and
   only change *which* drafts are proposed, never what is accepted): the measured cost of target
-  passes, the acceptance estimates, token recycling's adjacency matrix, ADED's tri-gram table
-  (``aded.py``), the dynamic trees' estimates (``dynamic_tree.py``), the layer-skip set.
+  passes, the ledger of what drafting gained or lost (``planning.DraftLedger``), the acceptance
+  estimates, token recycling's adjacency matrix, ADED's tri-gram table (``aded.py``), the dynamic
+  trees' estimates (``dynamic_tree.py``), the layer-skip set.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from decodekit_speculative.drafter import DrafterState, ModelDrafter
 from decodekit_speculative.dynamic_tree import DynamicTree
 from decodekit_speculative.heads import DraftHeads, HeadProposer
 from decodekit_speculative.options import SpeculativeOptions
-from decodekit_speculative.planning import (CostModel, RankStats, depth_tree_template, plan_chain,
+from decodekit_speculative.planning import (CostModel, DraftLedger, RankStats, depth_tree_template, plan_chain,
                                             plan_depth_tree, plan_tree, tree_template)
 from decodekit_speculative.recycling import AdjacencyMatrix, PrefillCapture, recycle_prompt
 from decodekit_speculative.trees import TreeInfo
@@ -59,9 +60,11 @@ class CallState:
     step: int = 0
     drafts: list[Draft | None] = field(default_factory=list)
     info: list[Any] = field(default_factory=list)  # per row: lookup statistics key, or recycling ranks
+    proposed: float = 0.0                          # perf_counter when propose began
     started: float = 0.0                           # perf_counter when the target pass began
     width: int = 1                                 # new tokens per row in that pass (1 + nodes)
     rows: int = 0                                  # rows decoding in that pass
+    active: list[int] = field(default_factory=list)  # which rows those are
     drafter: DrafterState | None = None
     offsets: dict[int, int | None] = field(default_factory=dict)  # prompt lookup: each row's copy offset
     counted: list[int] = field(default_factory=list)  # token recycling: tokens of each row counted so far
@@ -95,6 +98,7 @@ class Speculative:
         self.vocab_size = int(self.target.get_output_embeddings().weight.shape[0])
         self.pad_token_id = pipeline.pad_token_id
         self.costs = CostModel(o.verify_costs)
+        self.ledger = DraftLedger()  # measured costs only: what drafting gained or lost so far
         self.matrix: AdjacencyMatrix | None = None
         self.drafter: ModelDrafter | None = None
         self.skip: list[int] | None = None
@@ -174,6 +178,7 @@ class Speculative:
     def propose(self, generation: Generation) -> list[Draft | None] | None:
         gen = generation
         st: CallState = gen.scratch(self)["state"]
+        st.proposed = time.perf_counter()
         B = gen.num_rows
         st.drafts, st.info = [None] * B, [None] * B
         if gen.rows_per_prompt > 1:  # beam search: its rows are reordered; this plugin stays out
@@ -192,7 +197,7 @@ class Speculative:
             st.drafts, st.info = self.heads.propose(gen, active, cost)
         else:
             self._propose_model(gen, st, active, cost)
-        st.rows = len(active)
+        st.rows, st.active = len(active), active
         st.width = 1 + max((len(d) for d in st.drafts if d is not None), default=0)
         st.started = time.perf_counter()
         return st.drafts
@@ -222,7 +227,9 @@ class Speculative:
     def advance(self, generation: Generation, decision: Decision) -> None:
         st: CallState = generation.scratch(self)["state"]
         if st.step > 0:  # the first pass is the prefill: not a verify cost
-            self.costs.record(st.rows, st.width, time.perf_counter() - st.started)
+            now = time.perf_counter()
+            self.costs.record(st.rows, st.width, now - st.started)
+            self._settle_ledger(st, decision, now - st.proposed)
         for b, (d, v) in enumerate(zip(st.drafts, decision.verdicts)):
             if d is not None:
                 self._observe(d, st.info[b], v.accepted)
@@ -231,8 +238,11 @@ class Speculative:
             st.prefill = None
             if hidden is not None and self._recycling_pays(st.rows):
                 prompts = [t[:n] for t, n in zip(generation.tokens, generation.prompt_lengths)]
+                began = time.perf_counter()
                 recycle_prompt(self.matrix, self.target.get_output_embeddings(), hidden, prompts,
                                self.options.recycle_prompt)
+                if self._ledger_applies() and self.costs.trusted(st.rows, 1):
+                    self.ledger.spend(time.perf_counter() - began, self.costs.cost(st.rows, 1))
         if self.matrix is not None:
             for b, tokens in enumerate(generation.tokens):
                 self.matrix.count(tokens[st.counted[b]:])
@@ -258,15 +268,39 @@ class Speculative:
             st.prefill.close()
         return None
 
+    # -- the ledger ----------------------------------------------------------------------------
+
+    def _ledger_applies(self) -> bool:
+        """The ledger weighs measured seconds: it is off with fixed ``verify_costs``, and off when
+        ``adaptive: false`` asks for every draft the proposer finds."""
+        return self.costs.measured and self.options.adaptive
+
+    def _margin(self) -> float:
+        return self.ledger.margin() if self._ledger_applies() else 1.0
+
+    def _settle_ledger(self, st: CallState, decision: Decision, seconds: float) -> None:
+        """Book the step just verified: ``seconds`` from propose to now, against the plain passes
+        that would have committed the same tokens."""
+        if not self._ledger_applies() or not st.active or not self.costs.trusted(st.rows, 1):
+            return
+        committed = [len(decision.verdicts[b].accepted) + 1 for b in st.active]
+        self.ledger.record(seconds, sum(committed) / len(committed), self.costs.cost(st.rows, 1),
+                           drafted=st.width > 1)
+
     # -- proposers -----------------------------------------------------------------------------
 
-    def _cost_fn(self, st: CallState, rows: int):
-        """``cost(n)``: a target pass with ``n`` draft nodes per row (plus drafting, for models)."""
+    def _cost_fn(self, st: CallState | None, rows: int):
+        """``cost(n)``: a target pass with ``n`` draft nodes per row (plus drafting, for models),
+        times the ledger's margin for ``n > 0`` while drafting is in debt."""
         per_draft = self.costs.draft_cost(rows) if self.drafter is not None else 0.0
-        if st.step == 0:  # the prefill pass: a few more tokens cost the target next to nothing
-            base = self.costs.cost(rows, 1)
-            return lambda n: base + n * per_draft
-        return lambda n: self.costs.cost(rows, 1 + n) + n * per_draft
+        base, margin = self.costs.cost(rows, 1), self._margin()
+        first = st is not None and st.step == 0  # the prefill pass: a few more tokens cost next to nothing
+
+        def cost(n: int) -> float:
+            if n == 0:
+                return base
+            return ((base if first else self.costs.cost(rows, 1 + n)) + n * per_draft) * margin
+        return cost
 
     def _propose_lookup(self, gen: Generation, st: CallState, active: list[int], cost) -> None:
         o = self.options
@@ -283,10 +317,11 @@ class Speculative:
 
     def _recycling_pays(self, rows: int) -> bool:
         """Whether the planner would draft a token-recycling tree now (then the prompt's scores are
-        worth an LM-head product); a device whose plain pass is not timed yet counts as yes."""
+        worth an LM-head product, which the ledger books as a cost of drafting); a device whose
+        plain pass is not timed yet counts as yes."""
         if self.costs.measured and not self.costs.trusted(rows, 1):
             return True
-        return bool(self._recycling_template(lambda n: self.costs.cost(rows, 1 + n)))
+        return bool(self._recycling_template(self._cost_fn(None, rows)))
 
     def _recycling_template(self, cost, cold: bool = False) -> list[tuple[int, int, float]]:
         """The tree template for a row whose last token has a row in the matrix, or for a ``cold``
@@ -319,7 +354,8 @@ class Speculative:
         if self.dytree is not None:  # tree: dynamic (dynamic_tree.py)
             sample = not any(isinstance(p, Greedy) for p in gen.hooks.pm.get_plugins())
             st.drafts, st.info = self.dytree.propose(gen, self.drafter, st.drafter, active, self.costs,
-                                                     st.step == 0, o.max_draft_tokens, o.adaptive, sample)
+                                                     st.step == 0, o.max_draft_tokens, o.adaptive, sample,
+                                                     self._margin())
             return
         n = plan_chain(self.model_stats.rate()[0], o.max_draft_tokens, cost) if o.adaptive else o.max_draft_tokens
         if n == 0 or not active:

@@ -174,6 +174,53 @@ def test_rank_stats_forget_towards_the_prior():
     assert s.rate()[0] > 0.45
 
 
+def test_draft_ledger_asks_more_of_drafts_while_in_debt_and_nothing_while_they_pay():
+    c1 = 0.05  # seconds per plain pass
+    led = planning.DraftLedger()
+    assert led.balance == -planning.CREDIT_PASSES and led.margin() == 1.0  # a new ledger starts in credit
+    led.record(1.4 * c1, 1.0, c1, drafted=True)  # a tree cost 1.4 plain passes and committed 1 token
+    assert led.balance == pytest.approx(0.4 - planning.CREDIT_PASSES) and led.margin() == 1.0
+    led.balance = 0.4
+    assert led.margin() == pytest.approx(1 + 0.4 * planning.DEBT_MARGIN)
+    for _ in range(round(0.4 / planning.LOSS_ALLOWANCE)):  # plain steps pay the debt off
+        led.record(c1, 1.0, c1, drafted=False)
+    assert led.margin() == pytest.approx(1.0)
+
+    # a planner that drafts whenever its (optimistic) estimate says a draft pays 1.1x, where every
+    # draft in fact loses 0.4 of a pass: the margin keeps the loss near LOSS_ALLOWANCE
+    lost, steps = 0.0, 2000
+    for _ in range(steps):
+        if 1.1 / led.margin() > 1.0:
+            led.record(1.4 * c1, 1.0, c1, drafted=True)
+            lost += 0.4
+        else:
+            led.record(c1, 1.0, c1, drafted=False)
+    assert 0 < lost <= 1.1 * planning.LOSS_ALLOWANCE * steps + planning.CREDIT_PASSES
+    assert 3.0 / led.margin() > 1.0  # a draft estimated to pay well still goes while in debt
+
+    # where drafts pay, the gains bank up to the credit floor, and a loss within it changes nothing
+    for _ in range(100):
+        led.record(1.1 * c1, 3.0, c1, drafted=True)
+    assert led.balance == -planning.CREDIT_PASSES
+    led.record(2.5 * c1, 1.0, c1, drafted=True)
+    assert led.margin() == 1.0
+    led.spend(2 * c1, c1)  # work for drafting outside a step: a pure cost
+    assert led.margin() > 1.0
+
+
+def test_plugin_drafts_nothing_while_the_ledger_is_deep_in_debt(tok, llama):
+    """Measured costs, adaptive drafts: a ledger deep in debt makes every draft too dear (the output
+    is plain greedy's either way); with fixed ``verify_costs`` or ``adaptive: false`` it is not consulted."""
+    plain = Pipeline(llama, tokenizer=tok, decoding={"max_new_tokens": 24}).generate("abc abc abc abc")
+    for options, drafts in [({}, False), ({"verify_costs": {1: 1.0, 256: 1.0}}, True), ({"adaptive": False}, True)]:
+        pipe = speculative(llama, tok, {"max_new_tokens": 24}, "prompt_lookup", **options)
+        plug = pipe.plugins[0][1]
+        plug.ledger.balance = 1e9
+        res = pipe.generate("abc abc abc abc")
+        assert res.token_ids == plain.token_ids
+        assert (res.stats.drafted_tokens > 0) == drafts, options
+
+
 # -- token recycling --------------------------------------------------------------------------
 
 def test_adjacency_matrix_drafts_the_template_breadth_first():
