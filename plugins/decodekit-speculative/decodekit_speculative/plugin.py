@@ -241,8 +241,9 @@ class Speculative:
                 began = time.perf_counter()
                 recycle_prompt(self.matrix, self.target.get_output_embeddings(), hidden, prompts,
                                self.options.recycle_prompt)
-                if self._ledger_applies() and self.costs.trusted(st.rows, 1):
-                    self.ledger.spend(time.perf_counter() - began, self.costs.cost(st.rows, 1))
+                plain_pass = self._ledger_pass(st.rows)
+                if plain_pass is not None:
+                    self.ledger.spend(time.perf_counter() - began, plain_pass)
         if self.matrix is not None:
             for b, tokens in enumerate(generation.tokens):
                 self.matrix.count(tokens[st.counted[b]:])
@@ -278,14 +279,21 @@ class Speculative:
     def _margin(self) -> float:
         return self.ledger.margin() if self._ledger_applies() else 1.0
 
+    def _ledger_pass(self, rows: int) -> float | None:
+        """Seconds of a plain pass over ``rows`` rows, the ledger's unit; None while the ledger does
+        not apply or the plain pass is not timed yet."""
+        if not self._ledger_applies() or not self.costs.trusted(rows, 1):
+            return None
+        return self.costs.cost(rows, 1)
+
     def _settle_ledger(self, st: CallState, decision: Decision, seconds: float) -> None:
         """Book the step just verified: ``seconds`` from propose to now, against the plain passes
         that would have committed the same tokens."""
-        if not self._ledger_applies() or not st.active or not self.costs.trusted(st.rows, 1):
+        plain_pass = self._ledger_pass(st.rows)
+        if plain_pass is None or not st.active:
             return
         committed = [len(decision.verdicts[b].accepted) + 1 for b in st.active]
-        self.ledger.record(seconds, sum(committed) / len(committed), self.costs.cost(st.rows, 1),
-                           drafted=st.width > 1)
+        self.ledger.record(seconds, sum(committed) / len(committed), plain_pass, drafted=st.width > 1)
 
     # -- proposers -----------------------------------------------------------------------------
 
