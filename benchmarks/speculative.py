@@ -189,7 +189,10 @@ def truncated_draft(model: torch.nn.Module, keep: int) -> torch.nn.Module:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--new-tokens", type=int, default=96)
-    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="times every set is run; from the second round on, the state the plugin keeps across "
+                         "calls (token recycling's matrix, ADED's table) has seen these very answers, which "
+                         "flatters those proposers: keep 1 for figures")
     ap.add_argument("--sets", default="copy,summary,chat")
     ap.add_argument("--methods", default="", help="comma-separated subset of method names (default: all)")
     ap.add_argument("--hf-lookup", type=int, default=10, help="HF prompt_lookup_num_tokens")
@@ -310,6 +313,10 @@ def main() -> None:
         "planner sees this from its timings and falls back to plain steps, at about 1.0x).",
         "",
     ]
+    if args.rounds > 1:
+        lines += [f"`--rounds {args.rounds}` runs every prompt {args.rounds} times with the same pipelines: from the "
+                  "second round on, token recycling's matrix and ADED's table (kept across calls on purpose) have "
+                  "seen these very answers, so their rows overstate what a new prompt gets.", ""]
     if onednn:
         lines += ["`--cpu-kernels onednn`: the model's linear layers run through oneDNN with pre-packed weights "
                   "(`cpu_kernels: onednn`, decodekit/onednn.py), for every row of this table, HF's included (they "
