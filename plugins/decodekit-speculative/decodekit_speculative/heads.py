@@ -311,17 +311,17 @@ class HeadProposer:
 
     @torch.inference_mode()
     def propose(self, gen: Generation, active: list[int], cost) -> tuple[list[Draft | None], list[Any]]:
-        """Drafts for the rows in ``active``; ``cost(n)``: a verify pass with ``n`` nodes per row."""
+        """Drafts for the rows in ``active``; ``cost(n)``: a verify pass with ``n`` nodes per row,
+        the heads' own time included (the plugin adds it, :meth:`CostModel.draft_cost`)."""
         call = self._call(gen)
         B = gen.num_rows
         drafts: list[Draft | None] = [None] * B
         call.info = [None] * B
         if call.hidden is not None and active:
             rates = [s.rate() for s in self.stats]
-            overhead = self.costs.draft_cost(len(active))  # the heads' own time per drafting step
             o = self.options
             if o.adaptive:
-                template = plan_depth_tree(rates, o.max_draft_tokens, lambda n: cost(n) + (overhead if n else 0.0))
+                template = plan_depth_tree(rates, o.max_draft_tokens, cost)
             else:
                 template = depth_tree_template(rates, o.max_draft_tokens)
             if template:

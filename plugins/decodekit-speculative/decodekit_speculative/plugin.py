@@ -63,12 +63,16 @@ class CallState:
     proposed: float = 0.0                          # perf_counter when propose began
     started: float = 0.0                           # perf_counter when the target pass began
     width: int = 1                                 # new tokens per row in that pass (1 + nodes)
-    rows: int = 0                                  # rows decoding in that pass
-    active: list[int] = field(default_factory=list)  # which rows those are
+    active: list[int] = field(default_factory=list)  # the rows decoding in that pass
     drafter: DrafterState | None = None
     offsets: dict[int, int | None] = field(default_factory=dict)  # prompt lookup: each row's copy offset
     counted: list[int] = field(default_factory=list)  # token recycling: tokens of each row counted so far
     prefill: PrefillCapture | None = None             # token recycling: the prefill's hidden states
+
+    @property
+    def rows(self) -> int:
+        """How many rows decoded in the last pass (the cost table is kept per row count)."""
+        return len(self.active)
 
 
 class RecyclingNodes(NamedTuple):
@@ -197,7 +201,7 @@ class Speculative:
             st.drafts, st.info = self.heads.propose(gen, active, cost)
         else:
             self._propose_model(gen, st, active, cost)
-        st.rows, st.active = len(active), active
+        st.active = active
         st.width = 1 + max((len(d) for d in st.drafts if d is not None), default=0)
         st.started = time.perf_counter()
         return st.drafts
@@ -298,16 +302,19 @@ class Speculative:
     # -- proposers -----------------------------------------------------------------------------
 
     def _cost_fn(self, st: CallState | None, rows: int):
-        """``cost(n)``: a target pass with ``n`` draft nodes per row (plus drafting, for models),
-        times the ledger's margin for ``n > 0`` while drafting is in debt."""
-        per_draft = self.costs.draft_cost(rows) if self.drafter is not None else 0.0
+        """``cost(n)``: a target pass with ``n`` draft nodes per row plus the drafting, times the
+        ledger's margin for ``n > 0`` while drafting is in debt. Drafting costs one drafter forward
+        per node for a draft model, one run of the heads per step for ``heads``, nothing else."""
+        drafting = self.costs.draft_cost(rows)
+        per_node = drafting if self.drafter is not None else 0.0
+        per_step = drafting if self.heads is not None else 0.0
         base, margin = self.costs.cost(rows, 1), self._margin()
         first = st is not None and st.step == 0  # the prefill pass: a few more tokens cost next to nothing
 
         def cost(n: int) -> float:
             if n == 0:
                 return base
-            return ((base if first else self.costs.cost(rows, 1 + n)) + n * per_draft) * margin
+            return ((base if first else self.costs.cost(rows, 1 + n)) + n * per_node + per_step) * margin
         return cost
 
     def _propose_lookup(self, gen: Generation, st: CallState, active: list[int], cost) -> None:

@@ -221,6 +221,23 @@ def test_plugin_drafts_nothing_while_the_ledger_is_deep_in_debt(tok, llama):
         assert (res.stats.drafted_tokens > 0) == drafts, options
 
 
+
+@pytest.mark.parametrize("proposer", ["draft_model", "heads", "prompt_lookup"])
+def test_planned_cost_scales_the_drafters_own_time_with_the_ledger(tok, llama, proposer):
+    """``cost(n)`` is the pass over ``1 + n`` tokens plus the drafting (one drafter forward per node
+    for a draft model, one run of the heads per step, nothing for lookup), all of it times the
+    ledger's margin while drafting is in debt; a plain step (``n = 0``) is never marked up."""
+    plug = speculative(llama, tok, {"max_new_tokens": 4}, proposer, draft=llama).plugins[0][1]
+    for _ in range(planning.MIN_SAMPLES):
+        plug.costs.record(1, 1, 0.1)
+        plug.costs.record(1, 4, 0.2)
+    plug.costs.draft_seconds = 0.01
+    drafting = {"draft_model": 3 * 0.01, "heads": 0.01, "prompt_lookup": 0.0}[proposer]
+    plug.ledger.balance = 2.0  # two plain passes of debt: margin 1 + 0.5 * 2
+    cost = plug._cost_fn(None, 1)
+    assert cost(0) == pytest.approx(0.1)
+    assert cost(3) == pytest.approx((0.2 + drafting) * 2.0)
+
 # -- token recycling --------------------------------------------------------------------------
 
 def test_adjacency_matrix_drafts_the_template_breadth_first():
