@@ -7,16 +7,19 @@ by its draft (a chain or a tree); ``commit`` then keeps the pending tokens and t
 nodes and turns every other new column into a hole.
 
 Layout. The cache has ``C`` columns shared by all rows. ``col_valid [B, C]`` (bool) says which
-columns hold a real token of each row; invalid columns are left padding or rejected draft slots,
+columns hold a real token of each row; invalid columns are padding or rejected draft slots,
 and no query attends to them. ``next_pos [B]`` is the position id of each row's next token (its
-number of valid columns), so positions stay those of the unpadded sequence. Columns that are
-invalid in every row at the end of the cache are cropped, so a single row with chain drafts never
-accumulates holes and runs with no attention mask at all (the model's own causal fast path).
+number of valid columns), so positions stay those of the unpadded sequence. After each forward
+every row's kept columns are packed to the front of the new block (a tree's rejected siblings
+would otherwise stay between accepted nodes), and columns that are invalid in every row at the
+end of the cache are cropped, so a single row never accumulates holes and runs with no attention
+mask at all for chains and plain steps (the model's own causal fast path).
 """
 
 from __future__ import annotations
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from decodekit.types import Draft
 
@@ -156,6 +159,7 @@ class CachedLM:
         for b, nodes in enumerate(accepted):
             if nodes:
                 keep[b, [P + i for i in nodes]] = True
+        keep = self._pack_block(keep)
         self.col_valid = torch.cat([self.col_valid, keep], dim=1)
         self.next_pos = self.next_pos + keep.sum(dim=1)
         self._last = None
@@ -179,6 +183,40 @@ class CachedLM:
         self.col_valid = self.col_valid.index_select(0, idx)
         self.next_pos = self.next_pos.index_select(0, idx)
         self._holes = not bool(self.col_valid.all())
+
+    @torch.inference_mode()
+    def _pack_block(self, keep: torch.Tensor) -> torch.Tensor:
+        """Move each row's kept columns of the last forward to the front of its block, in order.
+
+        ``keep [B, Q]``: which of the ``Q = P + N`` columns just appended each row keeps (its
+        pending tokens and accepted path). A tree's rejected siblings sit between accepted nodes
+        and would stay in the cache as holes for the rest of the call (masked, but attended over
+        and copied at every pass). Keys carry their rotary positions already, so columns may move:
+        per row, the kept ones are gathered to the block's front (their order, and so the order of
+        the row's tokens, is unchanged) and the rest become trailing holes, which the crop removes.
+        A single row is then never left with a hole. Returns the new ``keep``. Cache layouts other
+        than transformers' plain ``DynamicLayer`` (sliding windows, quantised caches) are left as they
+        are: holes only cost time, never correctness.
+        """
+        B, Q = keep.shape
+        front = torch.arange(Q, device=keep.device)[None, :] < keep.sum(dim=1, keepdim=True)  # [B, Q]
+        if bool((keep == front).all()):
+            return keep  # already packed: every chain step, every plain step
+        layers = getattr(self.cache, "layers", None)
+        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+            return keep
+        # layers a forward skips (an amateur or draft view of the model) hold nothing; every other
+        # one must hold exactly the columns col_valid describes, the block last
+        layers = [layer for layer in layers if layer.keys is not None]
+        if any(layer.keys.shape[-2] != self.col_valid.shape[1] + Q for layer in layers):
+            return keep
+        order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices  # [B, Q]: kept first
+        for layer in layers:
+            for name in ("keys", "values"):
+                states = getattr(layer, name)  # [B, H, C, D]; the last Q columns are the block
+                index = order[:, None, :, None].expand(-1, states.shape[1], -1, states.shape[3])
+                states[:, :, -Q:, :] = torch.gather(states[:, :, -Q:, :], 2, index)
+        return front
 
     def _crop_trailing_holes(self) -> None:
         self._holes = not bool(self.col_valid.all())

@@ -35,10 +35,39 @@ def test_commit_keeps_the_accepted_path_and_drops_the_rest(tiny):
     draft = Draft([10, 11, 12, 13], [-1, -1, 1, 2])
     lm = CachedLM(model, 1)
     lm.forward([prompt], [draft])
-    lm.commit([[1, 2]])  # keep 11 -> 12; 10 and 13 become holes (13 cropped)
+    lm.commit([[1, 2]])  # keep 11 -> 12; 10 and 13 are dropped
+    # 11 and 12 are packed over 10's column: one row never keeps a hole
+    assert lm.col_valid.shape[1] == 5 and not lm._holes
     got = lm.forward([[20]])[0, 0]
     want = plain_logits(model, prompt + [11, 12, 20])[-1]
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_packed_tree_steps_keep_the_cache_of_the_committed_text(tiny):
+    """Tree steps whose accepted paths skip siblings, in a batch with left-padded prompts, then a
+    rollback: each row's logits stay those of its plain sequence, and the cache holds no column
+    that no row needs."""
+    _, model = tiny
+    prompts = [[5, 6, 7, 8], [9]]
+    tree = Draft([10, 11, 12, 13, 14], [-1, -1, 1, 1, 3])  # 10 | 11 -> 12, 11 -> 13 -> 14
+    lm = CachedLM(model, 2)
+    lm.forward(prompts, [tree, tree])
+    lm.commit([[1, 3, 4], [1]])  # row 0: 11 13 14; row 1: 11
+    texts = [prompts[0] + [11, 13, 14], prompts[1] + [11]]
+    assert lm.col_valid.shape[1] == max(len(t) for t in texts)
+    assert lm.col_valid.sum(dim=1).tolist() == [len(t) for t in texts]
+    got = lm.forward([[20], [21]], [Draft([22, 23], [-1, -1]), None])
+    texts = [texts[0] + [20], texts[1] + [21]]
+    torch.testing.assert_close(got[0, 0], plain_logits(model, texts[0])[-1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[0, 2], plain_logits(model, texts[0] + [23])[-1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[1, 0], plain_logits(model, texts[1])[-1], atol=1e-4, rtol=1e-4)
+    lm.commit([[1], []])  # row 0 keeps 23, not 22
+    texts[0].append(23)
+    lm.rollback([len(texts[0]) - 2, len(texts[1])])  # row 0 forgets 20 and 23
+    texts[0] = texts[0][:-2]
+    got = lm.forward([[30], [31]])
+    torch.testing.assert_close(got[0, 0], plain_logits(model, texts[0] + [30])[-1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[1, 0], plain_logits(model, texts[1] + [31])[-1], atol=1e-4, rtol=1e-4)
 
 
 def test_batch_rows_with_different_lengths_and_acceptance(tiny):
