@@ -43,7 +43,8 @@ class CachedLM:
         self.cache = None
         self.col_valid = torch.zeros(batch_size, 0, dtype=torch.bool, device=self.device)
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=self.device)
-        self._last: tuple[int, int, torch.Tensor] | None = None  # (P, N, new_valid) of the last forward
+        # (P, N, new_valid, whether some row's pending tokens were left-padded) of the last forward
+        self._last: tuple[int, int, torch.Tensor, bool] | None = None
         self._holes = False  # whether any cached column is invalid in some row
 
     @property
@@ -89,7 +90,7 @@ class CachedLM:
             logits_to_keep=N + 1,
         )
         self.cache = out.cache
-        self._last = (P, N, new_valid)
+        self._last = (P, N, new_valid, any(len(p) < P for p in pending))
         return out.logits[:, -(N + 1):, :].float()
 
     def _layout(self, pending: list[list[int]], drafts: list[Draft | None], P: int, N: int
@@ -153,13 +154,16 @@ class CachedLM:
         """
         if self._last is None:
             raise RuntimeError("commit() without a forward()")
-        P, N, new_valid = self._last
+        P, N, new_valid, padded = self._last
         keep = new_valid.clone()
         keep[:, P:] = False
         for b, nodes in enumerate(accepted):
             if nodes:
                 keep[b, [P + i for i in nodes]] = True
-        keep = self._pack_block(keep)
+        # decided on the host (no device sync): a row's kept columns are already at the front of the
+        # block unless its pending tokens were left-padded or its accepted nodes skip a sibling
+        if padded or any(nodes != list(range(len(nodes))) for nodes in accepted):
+            keep = self._pack_block(keep)
         self.col_valid = torch.cat([self.col_valid, keep], dim=1)
         self.next_pos = self.next_pos + keep.sum(dim=1)
         self._last = None
@@ -200,8 +204,6 @@ class CachedLM:
         """
         B, Q = keep.shape
         front = torch.arange(Q, device=keep.device)[None, :] < keep.sum(dim=1, keepdim=True)  # [B, Q]
-        if bool((keep == front).all()):
-            return keep  # already packed: every chain step, every plain step
         layers = getattr(self.cache, "layers", None)
         if not layers or any(type(layer) is not DynamicLayer for layer in layers):
             return keep
