@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import torch
 
+from decodekit import reductions
 from decodekit.types import Draft, Verdict
 
 
 def greedy_verdict(draft: Draft | None, logprobs: torch.Tensor) -> Verdict:
     """``logprobs``: ``[J, V]`` log p' at the root and at each node of ``draft``."""
-    best = logprobs.argmax(dim=-1).tolist()  # [J]
+    best = reductions.argmax(logprobs).tolist()  # [J]
     accepted: list[int] = []
     node = -1
     while True:

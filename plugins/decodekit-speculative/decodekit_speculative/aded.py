@@ -64,6 +64,7 @@ from typing import Callable
 
 import torch
 
+from decodekit import reductions
 from decodekit.generation import Generation
 from decodekit.positions import Positions
 from decodekit.types import Draft
@@ -183,8 +184,8 @@ class AdedTable:
         if not contexts:
             return
         probs = torch.softmax(logits[ii, jj].float(), dim=-1)  # [n, V]
-        top = probs.topk(min(self.k, probs.shape[-1]), dim=-1)
-        self.observe_scores(contexts, top.indices.tolist(), top.values.tolist(), drafted)
+        values, indices = reductions.topk(probs, min(self.k, probs.shape[-1]))  # [n, k]
+        self.observe_scores(contexts, indices.tolist(), values.tolist(), drafted)
 
     # -- drafting --------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ import weakref
 
 import torch
 
+from decodekit import reductions
 from decodekit.types import Draft
 
 PROMPT_CHUNK = 256  # prompt positions per LM-head product when recycling the prompt's scores
@@ -68,7 +69,7 @@ class AdjacencyMatrix:
         """``prev_tokens [n]``: the token before each scored position; ``logits [n, V]`` there."""
         if prev_tokens.numel() == 0:
             return
-        top = torch.topk(logits.float(), self.k, dim=-1).indices.cpu()  # [n, k]
+        top = reductions.topk(logits.float(), self.k)[1].cpu()  # [n, k]
         self.M[prev_tokens.cpu()] = top
 
     def draft(self, last_token: int, template: list[tuple[int, int, float]],
