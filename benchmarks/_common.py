@@ -49,6 +49,26 @@ def add_device_args(ap) -> None:
     ap.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
 
 
+def add_cpu_args(ap, name: str) -> None:
+    """``--cpu-kernels`` / ``--threads``; :func:`cpu_variant` names the page they write."""
+    ap.add_argument("--cpu-kernels", default="default", choices=["default", "onednn"],
+                    help="onednn: the model's linear layers run through oneDNN with packed weights "
+                         f"(decodekit/onednn.py), for HF's rows too (they share the model); writes {name}_onednn.md")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads (0: torch's default); a CPU run on more than one thread writes "
+                         f"{name}[_onednn]_<N>threads.md")
+
+
+def cpu_variant(name: str, cpu_kernels: str, device: torch.device) -> str:
+    """``name``, then ``_onednn`` for oneDNN kernels and ``_<N>threads`` for a CPU run on N > 1
+    threads (call after ``torch.set_num_threads``)."""
+    if cpu_kernels == "onednn":
+        name += "_onednn"
+    if device.type == "cpu" and torch.get_num_threads() > 1:
+        name += f"_{torch.get_num_threads()}threads"
+    return name
+
+
 def result_name(name: str, device: torch.device) -> str:
     """Results from a GPU go next to the CPU ones, as ``<name>_cuda``, instead of replacing them."""
     return name if device.type == "cpu" else f"{name}_{device.type}"

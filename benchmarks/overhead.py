@@ -2,9 +2,10 @@
 
 All three produce the same tokens (checked) on the embedded model; each round runs every method
 once per prompt, in turn, so that drift of the machine's speed hits all of them alike. Reports the
-median tokens/s over rounds and the ratios, and writes docs/results/overhead.md.
+median tokens/s over rounds and the ratios, and writes docs/results/overhead.md (overhead_onednn.md
+with ``--cpu-kernels onednn``, ``..._<N>threads.md`` on N > 1 CPU threads).
 
-    python benchmarks/overhead.py [--rounds 5] [--new-tokens 64]
+    python benchmarks/overhead.py [--rounds 5] [--new-tokens 64] [--cpu-kernels onednn] [--threads N]
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_device_args, machine, median, result_name, timed, write_result  # noqa: E402
+from _common import (add_cpu_args, add_device_args, cpu_variant, machine, median, result_name,  # noqa: E402
+                     timed, write_result)
 
 from decodekit import Pipeline  # noqa: E402
 
@@ -49,12 +51,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=64)
+    add_cpu_args(ap, "overhead")
     add_device_args(ap)
     args = ap.parse_args()
     n = args.new_tokens
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     pipe = Pipeline("smollm2-135m", decoding={"strategy": "greedy", "max_new_tokens": n, "ignore_eos": True},
-                    device=args.device, dtype=args.dtype)
+                    device=args.device, dtype=args.dtype, cpu_kernels=args.cpu_kernels)
     model = pipe.model
     gen_cfg = copy.deepcopy(model.generation_config)
     gen_cfg.eos_token_id = None  # run every method to exactly n tokens
@@ -91,10 +96,12 @@ def main() -> None:
 
     med = {k: median(v) for k, v in rates.items()}
     lines = [
-        "## Host overhead (greedy, embedded SmolLM2-135M)",
+        "## Host overhead (greedy, embedded SmolLM2-135M"
+        + (", oneDNN CPU kernels)" if args.cpu_kernels == "onednn" else ")"),
         "",
         f"Machine: {machine()}.",
-        f"Device {model.device}, {str(model.dtype).removeprefix('torch.')}. "
+        f"Device {model.device}, {str(model.dtype).removeprefix('torch.')}"
+        + (", oneDNN CPU kernels (all three methods share the model)" if args.cpu_kernels == "onednn" else "") + ". "
         f"{len(PROMPTS)} chat prompts × {n} new tokens, {args.rounds} interleaved rounds; median tokens/s.",
         "\"same\" says whether the method produced HF generate's tokens on every prompt (checked before timing).",
         "",
@@ -105,10 +112,14 @@ def main() -> None:
         lines.append(f"| {k} | {med[k]:.2f} | {med[k] / med['HF generate']:.3f} | "
                      f"{med[k] / med['bare forward loop']:.3f} | {'yes' if same[k] else 'NO'} |")
     flags = "" if model.device.type == "cpu" else f" --device {args.device} --dtype {args.dtype}"
-    lines += ["", f"Rerun: `python benchmarks/overhead.py{flags}`.", ""]
+    if args.cpu_kernels == "onednn":
+        flags += " --cpu-kernels onednn"
+    if args.threads:
+        flags += f" --threads {args.threads}"
+    lines += ["", f"Rerun: `python benchmarks/overhead.py --rounds {args.rounds} --new-tokens {n}{flags}`.", ""]
     text = "\n".join(lines)
     print(text)
-    write_result(result_name("overhead", model.device), text)
+    write_result(result_name(cpu_variant("overhead", args.cpu_kernels, model.device), model.device), text)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_device_args, machine, result_name, write_result  # noqa: E402
+from _common import add_cpu_args, add_device_args, cpu_variant, machine, result_name, write_result  # noqa: E402
 
 from decodekit import Pipeline  # noqa: E402
 
@@ -201,13 +201,7 @@ def main() -> None:
                          "layers as the draft (0: skip)")
     ap.add_argument("--issue-costs", action="store_true",
                     help="give the plugin the issue's CPU pass costs (verify_costs) instead of timing passes")
-    ap.add_argument("--cpu-kernels", default="default", choices=["default", "onednn"],
-                    help="onednn: every method (HF's rows too: they share the model) runs the linear layers "
-                         "through oneDNN with packed weights (decodekit/onednn.py); results go to "
-                         "speculative_onednn.md")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch CPU threads (0: torch's default); a CPU run on more than one thread writes "
-                         "speculative[_onednn]_<N>threads.md")
+    add_cpu_args(ap, "speculative")
     add_device_args(ap)
     args = ap.parse_args()
     if args.threads:
@@ -333,9 +327,7 @@ def main() -> None:
         modelled = f" {msp:.2f}x |" if on_cpu else ""
         lines.append(f"| {set_name} | {name} | {tps:.2f} | {sp:.2f}x | {dsp:.2f}x |{modelled} {tpp:.2f} | "
                      f"{'yes' if ok else 'NO'} |")
-    name = "speculative_onednn" if onednn else "speculative"
-    if on_cpu and torch.get_num_threads() > 1:
-        name += f"_{torch.get_num_threads()}threads"
+    name = cpu_variant("speculative", args.cpu_kernels, model.device)
     out = write_result(result_name(name, model.device), "\n".join(lines) + "\n")
     print(f"wrote {out}")
 
