@@ -1,10 +1,10 @@
 """Arg-max and top-k over the last dimension, by blocks on the CPU.
 
 On the CPU, torch's ``argmax`` and ``topk`` over a vocabulary-wide row run far slower than a plain
-max-reduction, which is vectorised: for the 33 positions of a tree step over V = 49152, about
-1.4 ms (argmax) and 1.9 ms (top-8) against 0.07 ms (amax) on one core of the machine in
-docs/benchmarks.md. Every verify step takes an argmax over all its positions, and token recycling
-a top-k, so a tree step paid several milliseconds for them. Both answers lie in the blocks with
+max-reduction, which is vectorised. Every verify step takes an argmax over all its positions, and
+token recycling and ADED a top-k: for the 33 positions of a tree step over V = 49152 that was
+1.4 ms (argmax) and 2.0 ms (top-8) on one core, and is 0.28 ms and 0.36 ms by blocks
+(docs/results/reductions.md, ``benchmarks/reductions.py``). Both answers lie in the blocks with
 the largest maxima, so one vectorised pass over the row finds the blocks and the rest works on a
 few blocks only. View a row ``[V]`` as ``[V / BLOCK, BLOCK]`` and let ``bmax`` be each block's max:
 
@@ -17,9 +17,9 @@ few blocks only. View a row ``[V]`` as ``[V / BLOCK, BLOCK]`` and let ``bmax`` b
   blocks, and a top-k over their ``k * BLOCK`` elements gives torch's values, largest first. Among
   equal values the indices may differ from torch's choice, as they may between torch versions.
 
-Rows holding NaN go to torch (its argmax and topk rank NaN highest; a block max would not find
-it), and so does every tensor off the CPU, where torch's kernels are already parallel, and any
-vocabulary that is not a multiple of ``BLOCK``.
+Rows holding NaN go to torch (its argmax and topk rank NaN highest, while NaN compares unequal to
+everything, itself included, so the block search would miss it). So does every tensor off the CPU,
+where torch's kernels are already parallel, and any vocabulary that is not a multiple of ``BLOCK``.
 """
 
 from __future__ import annotations
