@@ -29,45 +29,47 @@ import torch
 BLOCK = 64  # elements per block: a divisor of common vocabulary sizes (32000, 49152, 151936, ...)
 
 
-def _blocked(x: torch.Tensor, k: int = 1) -> bool:
+def _block_maxima(x: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``x [..., V]`` → ``(blocks [R, V/BLOCK, BLOCK], bmax [R, V/BLOCK])``, or None where torch's own
+    op is the one to use (off the CPU, a vocabulary not in whole blocks, too few blocks, NaN)."""
     V = x.shape[-1]
-    return (x.device.type == "cpu" and x.is_floating_point() and x.numel() > 0
-            and V % BLOCK == 0 and V // BLOCK >= 4 * k)
+    if not (x.device.type == "cpu" and x.is_floating_point() and x.numel() > 0
+            and V % BLOCK == 0 and V // BLOCK >= 4 * k):
+        return None
+    blocks = x.reshape(-1, V // BLOCK, BLOCK)
+    bmax = blocks.amax(dim=-1)
+    if bool(torch.isnan(bmax).any()):  # amax propagates NaN, so a NaN anywhere shows here
+        return None
+    return blocks, bmax
 
 
 def argmax(x: torch.Tensor) -> torch.Tensor:
     """``x [..., V]`` → ``[...]`` long: the index of the first maximum along the last dimension,
     as ``x.argmax(dim=-1)``."""
-    if not _blocked(x):
+    found = _block_maxima(x)
+    if found is None:
         return x.argmax(dim=-1)
-    lead, V = x.shape[:-1], x.shape[-1]
-    blocks = x.reshape(-1, V // BLOCK, BLOCK)                        # [R, V/BLOCK, BLOCK]
-    bmax = blocks.amax(dim=-1)                                       # [R, V/BLOCK]
+    blocks, bmax = found                                             # [R, V/BLOCK, BLOCK], [R, V/BLOCK]
     top = bmax.amax(dim=-1, keepdim=True)                            # [R, 1]
-    if bool(torch.isnan(top).any()):
-        return x.argmax(dim=-1)
     first = (bmax == top).to(torch.uint8).argmax(dim=-1)             # [R]: first block holding the max
     rows = torch.arange(blocks.shape[0])
     inner = blocks[rows, first].argmax(dim=-1)                       # [R]: its first maximum
-    return (first * BLOCK + inner).reshape(lead)
+    return (first * BLOCK + inner).reshape(x.shape[:-1])
 
 
 def topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``x [..., V]`` → (values, indices), each ``[..., k]``: the ``k`` largest entries along the
     last dimension, largest first, as ``torch.topk(x, k, dim=-1)`` (indices of tied values may
     differ)."""
-    if not _blocked(x, k):
+    found = _block_maxima(x, k)
+    if found is None:
         top = torch.topk(x, k, dim=-1)
         return top.values, top.indices
-    lead, V = x.shape[:-1], x.shape[-1]
-    blocks = x.reshape(-1, V // BLOCK, BLOCK)                        # [R, V/BLOCK, BLOCK]
-    bmax = blocks.amax(dim=-1)                                       # [R, V/BLOCK]
-    if bool(torch.isnan(bmax.amax(dim=-1)).any()):
-        top = torch.topk(x, k, dim=-1)
-        return top.values, top.indices
+    blocks, bmax = found                                             # [R, V/BLOCK, BLOCK], [R, V/BLOCK]
     chosen = bmax.topk(k, dim=-1).indices                            # [R, k]: blocks with the largest maxima
     rows = torch.arange(blocks.shape[0])[:, None]
     cand = blocks[rows, chosen].reshape(-1, k * BLOCK)               # [R, k * BLOCK]
     values, at = cand.topk(k, dim=-1)                                # [R, k]
     index = chosen.gather(1, at // BLOCK) * BLOCK + at % BLOCK       # [R, k]: back to vocabulary ids
+    lead = x.shape[:-1]
     return values.reshape(*lead, k), index.reshape(*lead, k)
