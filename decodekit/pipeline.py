@@ -22,6 +22,7 @@ from decodekit import engine
 from decodekit.config import PipelineConfig, Resolved, apply_overrides, read_file, validate
 from decodekit.errors import ConfigError, DecodekitError
 from decodekit.generation import Generation, Limits
+from decodekit.hookspecs import PROJECT
 from decodekit.hooks import HookRunner
 from decodekit.models import DEFAULT_MODEL, load
 from decodekit.onednn import pack_linears
@@ -31,6 +32,36 @@ from decodekit.types import Completion, Result, Sequence
 Prompt = Any  # str | list[dict] (chat messages) | list[int] (token ids)
 
 
+def _plugin_entries(plugins: Any, source: str) -> list[Any]:
+    """``plugins`` as a list of config entries (dicts) and plugin objects; a name stands for its
+    entry with default options. Anything else is a ConfigError that says which item is wrong:
+    a dict passed for the list would otherwise be iterated as its keys and do nothing."""
+    if not isinstance(plugins, (list, tuple)):
+        hint = ", e.g. [{'name': 'speculative', 'proposer': 'prompt_lookup'}]" if isinstance(plugins, dict) else ""
+        raise ConfigError(f"{source}: plugins must be a list of entries {{'name': ..., **options}}, plugin "
+                          f"names or plugin objects, not a {type(plugins).__name__}{hint}")
+    out = []
+    for i, p in enumerate(plugins):
+        if isinstance(p, str):
+            p = {"name": p}
+        elif not isinstance(p, dict) and not _has_hookimpls(p):
+            raise ConfigError(f"{source}: plugins[{i}]: a {type(p).__name__} is neither an entry "
+                              "{'name': ..., **options}, a plugin name, nor an object with @hookimpl methods")
+        out.append(p)
+    return out
+
+
+def _has_hookimpls(obj: Any) -> bool:
+    """Whether pluggy would find a ``@hookimpl`` on ``obj`` (it looks the same way: ``dir``)."""
+    for attr in dir(obj):
+        try:
+            if hasattr(getattr(obj, attr), f"{PROJECT}_impl"):
+                return True
+        except Exception:  # a property that fails: pluggy skips it too
+            continue
+    return False
+
+
 class Pipeline:
     """A ready-to-run decoding pipeline.
 
@@ -38,14 +69,16 @@ class Pipeline:
       ``PreTrainedModel`` (then pass ``tokenizer`` too).
     * ``decoding``: the decoding block (``strategy``, ``max_new_tokens``, ``seed``, ``stop`` and the
       strategy's own options such as ``temperature``).
-    * ``plugins``: ordered entries ``{"name": ..., **options}``, or plugin objects built by hand
-      (any object with ``@hookimpl`` methods).
+    * ``plugins``: a list, in order, of entries ``{"name": ..., **options}``, plugin names
+      (``"speculative"``: its default options), or plugin objects built by hand (any object with
+      ``@hookimpl`` methods).
     """
 
     def __init__(self, model: Any = DEFAULT_MODEL, decoding: dict[str, Any] | None = None,
                  plugins: list[Any] | tuple[Any, ...] = (), *, tokenizer: Any = None,
                  device: str = "auto", dtype: str = "auto", cpu_kernels: str = "default", chat: bool = True,
                  source: str = "<python>"):
+        plugins = _plugin_entries(plugins, source)
         entries = [p for p in plugins if isinstance(p, dict)]
         data = {
             "model": model if isinstance(model, str) else "<object>",

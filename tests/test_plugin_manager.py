@@ -66,3 +66,21 @@ def test_a_hook_with_a_wrong_argument_is_rejected(llama, tok):
 
     with pytest.raises(ConfigError, match="plugin 'Typo'.*logitz"):
         Pipeline(llama, tokenizer=tok, plugins=[Typo()]).generate("hi")
+
+
+def test_plugins_given_as_a_mapping_are_an_error_not_ignored(llama, tok):
+    # iterated, a dict gives its keys: the plugin would silently not run
+    with pytest.raises(ConfigError, match=r"plugins must be a list.*not a dict.*\[\{'name'"):
+        Pipeline(llama, tokenizer=tok, plugins={"speculative": {"proposer": "prompt_lookup"}})
+
+
+def test_an_item_that_is_no_plugin_is_named(llama, tok):
+    with pytest.raises(ConfigError, match=r"plugins\[1\]: a int is neither an entry"):
+        Pipeline(llama, tokenizer=tok, plugins=[{"name": "speculative"}, 3])
+
+
+def test_a_plugin_name_stands_for_its_default_options(llama, tok):
+    by_name = Pipeline(llama, tokenizer=tok, plugins=["speculative"], decoding={"max_new_tokens": 6})
+    by_entry = Pipeline(llama, tokenizer=tok, plugins=[{"name": "speculative"}], decoding={"max_new_tokens": 6})
+    assert [n for n, _ in by_name.plugins] == [n for n, _ in by_entry.plugins]
+    assert by_name.generate("hi").token_ids == by_entry.generate("hi").token_ids
