@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["overhead", "cpu_kernels", "reductions", "speculative", "lookup_replay", "grammar", "guidance", "diverse_beam", "momentum", "alignment", "composition"]
+ORDER = ["overhead", "cpu_kernels", "reductions", "attention", "speculative", "lookup_replay", "grammar", "guidance", "diverse_beam", "momentum", "alignment", "composition"]
 
 HEADER = """# Benchmark results
 

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 . .venv/bin/activate
 python benchmarks/overhead.py --rounds 3 --new-tokens 64
 python benchmarks/reductions.py
+python benchmarks/attention.py
 python benchmarks/speculative.py --new-tokens 96 --truncated-draft 10
 python benchmarks/guidance.py --rounds 2 --new-tokens 32
 python benchmarks/momentum.py --prompts 4 --max-new-tokens 128

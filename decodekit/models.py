@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from decodekit.attention import use_cpu_gqa
 from decodekit.errors import ConfigError, ModelNotFoundError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -81,6 +82,7 @@ def _load(path: str, device: str, dtype: torch.dtype, cpu_kernels: str = "defaul
     finally:
         hf_logging.enable_progress_bar()
     model.to(device).eval()
+    use_cpu_gqa(model)  # CPU: masked multi-token passes without copying K/V per query head (attention.py)
     if cpu_kernels == "onednn":
         from decodekit.onednn import pack_linears
 
@@ -93,6 +95,8 @@ def load(spec: str, device: str = "auto", dtype: str = "auto", cpu_kernels: str 
 
     ``cpu_kernels="onednn"``: the linear layers run through oneDNN with packed weights
     (:mod:`decodekit.onednn`); such a model is loaded and shared apart from the plain one.
+    On a CPU, a model with grouped-query ``sdpa`` attention is switched to
+    :mod:`decodekit.attention`'s (bitwise the same outputs, no K/V copies in masked passes).
     """
     if cpu_kernels not in ("default", "onednn"):
         raise ConfigError(f"cpu_kernels {cpu_kernels!r}: use default or onednn")

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from decodekit import engine
+from decodekit.attention import use_cpu_gqa
 from decodekit.config import PipelineConfig, Resolved, apply_overrides, read_file, validate
 from decodekit.errors import ConfigError, DecodekitError
 from decodekit.generation import Generation, Limits
@@ -101,6 +102,7 @@ class Pipeline:
             if cpu_kernels == "onednn":
                 try:
                     pack_linears(self.model)  # in place: the caller's model object runs through oneDNN from now on
+                    use_cpu_gqa(self.model)   # and its masked multi-token passes copy no K/V (attention.py)
                 except ConfigError as e:
                     raise ConfigError(f"{source}: {e}") from None
         self.device = next(self.model.parameters()).device
