@@ -15,6 +15,14 @@ verify passes are exactly such small-``M`` products.
 tied embeddings and code that reads it keep working); the packed copy is what ``forward`` uses.
 Results equal ``F.linear``'s up to float rounding (a different summation order), so greedy
 tokens can differ from an unpacked model's where two logits are within ~1e-4 of each other.
+
+Which kernel is faster for one or two rows depends on the CPU: oneDNN's on the AMD EPYC the
+first figures came from, torch's own (MKL) by ~10 % a whole pass on an Intel Xeon with AVX-512,
+where oneDNN's fixed cost per call outweighs the small products. :func:`pack_linears` therefore
+times both for each distinct weight shape at 1-3 rows, once, and a :class:`PackedLinear` runs
+``F.linear`` up to the row count where torch's kernel was clearly faster (``TORCH_MARGIN``), so
+``onednn`` is never slower than ``default`` for plain steps. The choice is fixed when the model
+is packed; a margin keeps it from flipping between runs on the same machine.
 Opt in with ``Pipeline(..., cpu_kernels="onednn")`` or ``cpu_kernels: onednn`` in a pipeline
 file.
 """
@@ -22,12 +30,17 @@ file.
 from __future__ import annotations
 
 import copy
+import statistics
+import time
 
 import torch
 
 from decodekit.errors import ConfigError
 
 PACK_FOR_ROWS = 4  # the M oneDNN lays the weights out for; measured best for 1..16 new tokens
+SMALL_ROWS = (1, 2, 3)  # row counts at which torch's own kernel may beat oneDNN's (timed when packing)
+TORCH_MARGIN = 0.9      # torch's kernel is chosen for a row count only below 90 % of oneDNN's time
+CHOICE_REPS = 9         # timings of each kernel per (shape, rows), interleaved; their medians decide
 
 
 def available() -> bool:
@@ -47,9 +60,12 @@ class PackedLinear(torch.nn.Module):
         self.bias = linear.bias
         with torch.no_grad():
             self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), PACK_FOR_ROWS)
+        self.torch_rows = 0  # up to this many rows F.linear runs instead (set by pack_linears' timing)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # [M, in]
+        if flat.shape[0] <= self.torch_rows:
+            return torch.nn.functional.linear(x, self.weight, self.bias)
         y = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")  # [M, out]
         return y.reshape(*x.shape[:-1], self.out_features)
 
@@ -59,15 +75,20 @@ class PackedLinear(torch.nn.Module):
         linear.weight = copy.deepcopy(self.weight, memo)  # memo keeps tied weights tied
         linear.bias = copy.deepcopy(self.bias, memo)
         new = PackedLinear(linear)
+        new.torch_rows = self.torch_rows
         memo[id(self)] = new
         return new
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, onednn packed"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, onednn packed"
+                f"{f', torch kernel up to {self.torch_rows} rows' if self.torch_rows else ''}")
 
 
-def pack_linears(model: torch.nn.Module) -> int:
+def pack_linears(model: torch.nn.Module, measure: bool = True) -> int:
     """Replace every ``nn.Linear`` of ``model`` by a :class:`PackedLinear`, in place; returns how many.
+
+    ``measure``: time both kernels at 1-3 rows per weight shape (:func:`choose_small_row_kernels`,
+    about a second on the embedded model); without it every product runs through oneDNN.
 
     Raises :class:`ConfigError` unless the model is on the CPU in float32 and torch has oneDNN.
     """
@@ -78,10 +99,42 @@ def pack_linears(model: torch.nn.Module) -> int:
     if not available():
         raise ConfigError("cpu_kernels: onednn needs a torch build with oneDNN (MKL-DNN); this one has "
                           "none: use cpu_kernels: default")
-    count = 0
+    packed = []
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is torch.nn.Linear:
-                setattr(parent, name, PackedLinear(child))
-                count += 1
-    return count
+                packed.append(PackedLinear(child))
+                setattr(parent, name, packed[-1])
+    if measure:
+        choose_small_row_kernels(packed)
+    return len(packed)
+
+
+@torch.inference_mode()
+def choose_small_row_kernels(linears: list[PackedLinear], reps: int = CHOICE_REPS) -> dict[tuple[int, int], int]:
+    """Set each layer's ``torch_rows``: for every distinct ``(out, in)`` shape, the largest row
+    count in ``SMALL_ROWS`` up to which ``F.linear`` took under ``TORCH_MARGIN`` of oneDNN's time
+    (medians of ``reps`` interleaved timings on one layer of that shape). Returns it by shape."""
+    by_shape: dict[tuple[int, int], list[PackedLinear]] = {}
+    for layer in linears:
+        by_shape.setdefault((layer.out_features, layer.in_features), []).append(layer)
+    chosen = {}
+    for shape, layers in by_shape.items():
+        probe, rows = layers[0], 0
+        for m in SMALL_ROWS:
+            x = torch.randn(m, probe.in_features)
+            times: dict[bool, list[float]] = {False: [], True: []}
+            for _ in range(reps + 1):  # the first round warms both up and is dropped below
+                for use_torch in (False, True):
+                    probe.torch_rows = m if use_torch else 0
+                    t0 = time.perf_counter()
+                    probe(x)
+                    times[use_torch].append(time.perf_counter() - t0)
+            if statistics.median(times[True][1:]) < TORCH_MARGIN * statistics.median(times[False][1:]):
+                rows = m
+            else:
+                break
+        for layer in layers:
+            layer.torch_rows = rows
+        chosen[shape] = rows
+    return chosen

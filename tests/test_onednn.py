@@ -19,19 +19,33 @@ def fresh(arch: str, tok) -> torch.nn.Module:
     return tiny_model(arch, tok)  # not the shared fixture: packing changes the model in place
 
 
+@pytest.mark.parametrize("torch_rows", [0, 3])
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 7, 16, 33])
-def test_packed_linear_equals_linear(rows):
+def test_packed_linear_equals_linear(rows, torch_rows):
     torch.manual_seed(0)
     lin = torch.nn.Linear(48, 80, bias=True)
     packed = onednn.PackedLinear(lin)
+    packed.torch_rows = torch_rows  # x holds 2 * rows rows: torch's kernel for rows = 1
     x = torch.randn(2, rows, 48)
     with torch.inference_mode():
         torch.testing.assert_close(packed(x), lin(x), rtol=1e-5, atol=1e-5)
     assert packed.weight is lin.weight and packed.out_features == 80
     twin = copy.deepcopy(packed)  # e.g. a truncated copy of the target as a draft model
-    assert twin.weight is not packed.weight
+    assert twin.weight is not packed.weight and twin.torch_rows == torch_rows
     with torch.inference_mode():
         torch.testing.assert_close(twin(x), packed(x))
+
+
+def test_small_row_kernels_are_chosen_per_weight_shape(tok):
+    model = fresh("llama", tok)
+    assert onednn.pack_linears(model, measure=False) > 0
+    layers = [m for m in model.modules() if isinstance(m, onednn.PackedLinear)]
+    assert all(m.torch_rows == 0 for m in layers)
+    chosen = onednn.choose_small_row_kernels(layers, reps=3)
+    assert set(chosen) == {(m.out_features, m.in_features) for m in layers}
+    for m in layers:  # every layer of a shape runs what was timed faster for it
+        assert m.torch_rows == chosen[(m.out_features, m.in_features)]
+        assert m.torch_rows in (0, *onednn.SMALL_ROWS)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
