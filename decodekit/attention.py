@@ -36,10 +36,10 @@ def sdpa_gqa_cpu(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     groups = getattr(module, "num_key_value_groups", 1)
-    plain = (attention_mask is None or query.shape[2] == 1 or groups == 1 or query.device.type != "cpu"
+    delegate = (attention_mask is None or query.shape[2] == 1 or groups == 1 or query.device.type != "cpu"
              or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
              or kwargs.get("output_attentions", False))
-    if plain:
+    if delegate:  # nothing to save, or a feature only transformers' function handles
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     # the mask carries causality (its last Q columns are the new tokens), so is_causal stays False

@@ -15,6 +15,8 @@ verify passes are exactly such small-``M`` products.
 tied embeddings and code that reads it keep working); the packed copy is what ``forward`` uses.
 Results equal ``F.linear``'s up to float rounding (a different summation order), so greedy
 tokens can differ from an unpacked model's where two logits are within ~1e-4 of each other.
+Opt in with ``Pipeline(..., cpu_kernels="onednn")`` or ``cpu_kernels: onednn`` in a pipeline
+file.
 
 Which kernel is faster for one or two rows depends on the CPU: oneDNN's on the AMD EPYC the
 first figures came from, torch's own (MKL) by ~10 % a whole pass on an Intel Xeon with AVX-512,
@@ -22,9 +24,8 @@ where oneDNN's fixed cost per call outweighs the small products. :func:`pack_lin
 times both for each distinct weight shape at 1-3 rows, once, and a :class:`PackedLinear` runs
 ``F.linear`` up to the row count where torch's kernel was clearly faster (``TORCH_MARGIN``), so
 ``onednn`` is never slower than ``default`` for plain steps. The choice is fixed when the model
-is packed; a margin keeps it from flipping between runs on the same machine.
-Opt in with ``Pipeline(..., cpu_kernels="onednn")`` or ``cpu_kernels: onednn`` in a pipeline
-file.
+is packed; the margin makes it unlikely to differ between runs on the same machine (where it
+does, greedy tokens can differ only in near-ties, as between the two kernels).
 """
 
 from __future__ import annotations
