@@ -11,6 +11,7 @@ A pipeline::
     plugins:                  # ordered: rescore order follows this list
       - name: some_plugin
         some_option: 3
+      - other_plugin          # a bare name: the plugin with its default options
 
 The decoding block's own fields are below; every other field is an option of the strategy and
 is validated by that strategy's options model. Every plugin entry is validated by its plugin's
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from decodekit.errors import ConfigError
 from decodekit.models import DEFAULT_MODEL
@@ -62,6 +63,14 @@ class PipelineConfig(BaseModel):
     chat: bool = True
     decoding: DecodingConfig = Field(default_factory=DecodingConfig)
     plugins: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _names_are_entries(cls, value: Any) -> Any:
+        """A bare plugin name (``plugins: [speculative]``) is the entry ``{name: ...}`` with its defaults."""
+        if isinstance(value, list):
+            return [{"name": item} if isinstance(item, str) else item for item in value]
+        return value
 
 
 @dataclass

@@ -34,22 +34,23 @@ Prompt = Any  # str | list[dict] (chat messages) | list[int] (token ids)
 
 
 def _plugin_entries(plugins: Any, source: str) -> list[Any]:
-    """``plugins`` as a list of config entries (dicts) and plugin objects; a name stands for its
-    entry with default options. Anything else is a ConfigError that says which item is wrong:
-    a dict passed for the list would otherwise be iterated as its keys and do nothing."""
+    """``plugins`` as a list of config entries (dicts, or names, which the config turns into
+    entries) and plugin objects. Anything else is a ConfigError that says which item is wrong: a
+    dict passed for the list would otherwise be iterated as its keys and do nothing."""
     if not isinstance(plugins, (list, tuple)):
         hint = ", e.g. [{'name': 'speculative', 'proposer': 'prompt_lookup'}]" if isinstance(plugins, dict) else ""
         raise ConfigError(f"{source}: plugins must be a list of entries {{'name': ..., **options}}, plugin "
                           f"names or plugin objects, not a {type(plugins).__name__}{hint}")
-    out = []
     for i, p in enumerate(plugins):
-        if isinstance(p, str):
-            p = {"name": p}
-        elif not isinstance(p, dict) and not _has_hookimpls(p):
+        if not _is_entry(p) and not _has_hookimpls(p):
             raise ConfigError(f"{source}: plugins[{i}]: a {type(p).__name__} is neither an entry "
                               "{'name': ..., **options}, a plugin name, nor an object with @hookimpl methods")
-        out.append(p)
-    return out
+    return list(plugins)
+
+
+def _is_entry(item: Any) -> bool:
+    """Whether a ``plugins`` item is configuration (validated by the config) rather than an object."""
+    return isinstance(item, (dict, str))
 
 
 def _has_hookimpls(obj: Any) -> bool:
@@ -80,7 +81,7 @@ class Pipeline:
                  device: str = "auto", dtype: str = "auto", cpu_kernels: str = "default", chat: bool = True,
                  source: str = "<python>"):
         plugins = _plugin_entries(plugins, source)
-        entries = [p for p in plugins if isinstance(p, dict)]
+        entries = [p for p in plugins if _is_entry(p)]
         data = {
             "model": model if isinstance(model, str) else "<object>",
             "device": device, "dtype": dtype, "cpu_kernels": cpu_kernels, "chat": chat,
@@ -109,7 +110,7 @@ class Pipeline:
         built = iter(self._build(name, info, opts) for name, info, opts in self.resolved.plugins)
         self.plugins: list[tuple[str, object]] = []
         for p in plugins:
-            if isinstance(p, dict):
+            if _is_entry(p):
                 self.plugins.append(next(built))
             else:
                 self.plugins.append((getattr(p, "name", type(p).__name__), p))

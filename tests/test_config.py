@@ -120,3 +120,14 @@ from pydantic import BaseModel as _BaseModel, ConfigDict as _ConfigDict  # noqa:
 
 class NoOpts(_BaseModel):
     model_config = _ConfigDict(extra="forbid")
+
+
+def test_a_bare_plugin_name_is_its_entry_with_defaults(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("plugins:\n  - speculative\n  - {name: speculative, proposer: token_recycling}\n")
+    res = validate(read_file(path), str(path))
+    (first, _, short), (second, _, full) = res.plugins
+    assert (first, second) == ("speculative", "speculative#2")
+    assert short == type(short)() and full.proposer == "token_recycling"
+    with pytest.raises(ConfigError, match=r"plugins\[0\]: unknown plugin 'nope'"):
+        validate({"plugins": ["nope"]}, "f.yaml")
