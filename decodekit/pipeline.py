@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import pluggy
 import torch
 
 from decodekit import engine
@@ -54,14 +55,10 @@ def _is_entry(item: Any) -> bool:
 
 
 def _has_hookimpls(obj: Any) -> bool:
-    """Whether pluggy would find a ``@hookimpl`` on ``obj`` (it looks the same way: ``dir``)."""
-    for attr in dir(obj):
-        try:
-            if hasattr(getattr(obj, attr), f"{PROJECT}_impl"):
-                return True
-        except Exception:  # a property that fails: pluggy skips it too
-            continue
-    return False
+    """Whether pluggy, registering ``obj``, would find at least one ``@hookimpl`` on it (asked of
+    pluggy itself, which looks attributes up statically: no property of ``obj`` runs)."""
+    pm = pluggy.PluginManager(PROJECT)
+    return any(pm.parse_hookimpl_opts(obj, attr) is not None for attr in dir(obj))
 
 
 class Pipeline:
