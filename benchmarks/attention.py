@@ -14,30 +14,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_cpu_args, cpu_variant, machine, median, write_result  # noqa: E402
+from cpu_kernels import timed_pass  # noqa: E402
 
 from decodekit.attention import NAME  # noqa: E402
 from decodekit.models import load  # noqa: E402
 
 WIDTHS = (1, 2, 4, 8, 16, 32)
-
-
-@torch.inference_mode()
-def timed_pass(model, context: torch.Tensor, new: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """Milliseconds of one pass over ``new`` ``[1, s]`` after ``context`` ``[1, C]`` is cached, and its logits."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    model(context, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    t0 = time.perf_counter()
-    logits = model(new, past_key_values=cache, use_cache=True, logits_to_keep=new.shape[1]).logits
-    return (time.perf_counter() - t0) * 1e3, logits
 
 
 def main() -> None:

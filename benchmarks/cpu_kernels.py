@@ -31,15 +31,22 @@ PROMPTS = ["What are some good habits for staying productive when working from h
 
 
 @torch.inference_mode()
-def pass_ms(model, context: torch.Tensor, s: int) -> float:
+def timed_pass(model, context: torch.Tensor, new: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Milliseconds of one pass over ``new [1, s]`` after ``context [1, C]`` is cached (the cache is
+    built untimed), and that pass's logits ``[1, s, V]``."""
     from transformers import DynamicCache
 
     cache = DynamicCache()
     model(context, past_key_values=cache, use_cache=True)
-    new = torch.randint(100, 20000, (1, s), generator=torch.Generator().manual_seed(s))
     t0 = time.perf_counter()
-    model(new, past_key_values=cache, use_cache=True)
-    return (time.perf_counter() - t0) * 1e3
+    logits = model(new, past_key_values=cache, use_cache=True).logits
+    return (time.perf_counter() - t0) * 1e3, logits
+
+
+def pass_ms(model, context: torch.Tensor, s: int) -> float:
+    """:func:`timed_pass` over ``s`` fixed random tokens."""
+    new = torch.randint(100, 20000, (1, s), generator=torch.Generator().manual_seed(s))
+    return timed_pass(model, context, new)[0]
 
 
 @torch.inference_mode()
