@@ -5,7 +5,7 @@ A pipeline::
     model: smollm2-135m       # alias or local HF model directory
     device: auto              # cpu | cuda | cuda:N | auto
     dtype: auto               # auto | float32 | bfloat16 | float16
-    cpu_kernels: default      # default | onednn (CPU float32: pre-packed oneDNN linears)
+    cpu_kernels: default      # default | onednn (CPU float32 or bfloat16: pre-packed oneDNN linears)
     chat: true                # prompts go through the chat template when the tokenizer has one
     decoding: {strategy: sample, max_new_tokens: 128, temperature: 0.7, top_p: 0.95, seed: 0}
     plugins:                  # ordered: rescore order follows this list
@@ -57,7 +57,7 @@ class PipelineConfig(BaseModel):
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     cpu_kernels: Literal["default", "onednn"] = Field(
-        "default", description="onednn: run the linear layers of a CPU float32 model through oneDNN with "
+        "default", description="onednn: run the linear layers of a CPU float32 or bfloat16 model through oneDNN with "
                                "pre-packed weights (multi-token passes cost far less: speculative decoding "
                                "gains most; see decodekit/onednn.py)")
     chat: bool = True

@@ -26,6 +26,13 @@ times both for each distinct weight shape at 1-3 rows, once, and a :class:`Packe
 ``onednn`` is never slower than ``default`` for plain steps. The choice is fixed when the model
 is packed; the margin makes it unlikely to differ between runs on the same machine (where it
 does, greedy tokens can differ only in near-ties, as between the two kernels).
+
+bfloat16 models are packed the same way. On a CPU with AMX (Intel Xeon since Sapphire Rapids)
+oneDNN then multiplies in bfloat16 tiles: a pass over 1 to 16 new tokens costs about the same
+(measured on the embedded model, one core: 44 / 48 / 49 / 53 ms for 1 / 4 / 8 / 16 tokens,
+against float32's 57 / 68 / 78 / 94), and every row of a product is bitwise the same whatever
+the number of rows (tests/test_onednn.py), which together with
+:mod:`decodekit.invariant_attention` keeps speculative decoding exact in bfloat16.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ PACK_FOR_ROWS = 4  # the M oneDNN lays the weights out for; measured best for 1.
 SMALL_ROWS = (1, 2, 3)  # row counts at which torch's own kernel may beat oneDNN's (timed when packing)
 TORCH_MARGIN = 0.9      # torch's kernel is chosen for a row count only below 90 % of oneDNN's time
 CHOICE_REPS = 9         # timings of each kernel per (shape, rows), interleaved; their medians decide
+INVARIANT_LIMIT = 32    # bfloat16: the most rows per call checked for row invariance (choose_invariant_rows)
 
 
 def available() -> bool:
@@ -51,8 +59,14 @@ def available() -> bool:
                 and hasattr(ops, "_reorder_linear_weight") and hasattr(ops, "_linear_pointwise"))
 
 
+def bf16_available() -> bool:
+    """Whether oneDNN has native bfloat16 kernels on this CPU (AVX-512 BF16 or AMX)."""
+    return available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 class PackedLinear(torch.nn.Module):
-    """``y = x W^T + b`` through oneDNN with ``W`` packed once. ``x``: ``[..., in]`` → ``[..., out]``."""
+    """``y = x W^T + b`` through oneDNN with ``W`` packed once. ``x``: ``[..., in]`` → ``[..., out]``,
+    in the weight's dtype (float32 or bfloat16)."""
 
     def __init__(self, linear: torch.nn.Linear):
         super().__init__()
@@ -62,13 +76,21 @@ class PackedLinear(torch.nn.Module):
         with torch.no_grad():
             self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), PACK_FOR_ROWS)
         self.torch_rows = 0  # up to this many rows F.linear runs instead (set by pack_linears' timing)
+        self.max_rows = 0    # > 0: more rows are split into calls of this many (bfloat16, choose_invariant_rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # [M, in]
-        if flat.shape[0] <= self.torch_rows:
-            return torch.nn.functional.linear(x, self.weight, self.bias)
-        y = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")  # [M, out]
+        if 0 < self.max_rows < flat.shape[0]:
+            y = torch.cat([self._rows(part) for part in flat.split(self.max_rows)])
+        else:
+            y = self._rows(flat)
         return y.reshape(*x.shape[:-1], self.out_features)
+
+    def _rows(self, flat: torch.Tensor) -> torch.Tensor:
+        """``[M, in] -> [M, out]`` through the kernel chosen for ``M`` rows."""
+        if flat.shape[0] <= self.torch_rows:
+            return torch.nn.functional.linear(flat, self.weight, self.bias)
+        return torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
 
     def __deepcopy__(self, memo: dict) -> "PackedLinear":
         """oneDNN's packed tensor has no storage to copy: pack the copied weight again."""
@@ -76,7 +98,7 @@ class PackedLinear(torch.nn.Module):
         linear.weight = copy.deepcopy(self.weight, memo)  # memo keeps tied weights tied
         linear.bias = copy.deepcopy(self.bias, memo)
         new = PackedLinear(linear)
-        new.torch_rows = self.torch_rows
+        new.torch_rows, new.max_rows = self.torch_rows, self.max_rows
         memo[id(self)] = new
         return new
 
@@ -91,15 +113,19 @@ def pack_linears(model: torch.nn.Module, measure: bool = True) -> int:
     ``measure``: time both kernels at 1-3 rows per weight shape (:func:`choose_small_row_kernels`,
     about a second on the embedded model); without it every product runs through oneDNN.
 
-    Raises :class:`ConfigError` unless the model is on the CPU in float32 and torch has oneDNN.
+    Raises :class:`ConfigError` unless the model is on the CPU in float32 (or bfloat16, on a CPU
+    with native bfloat16) and torch has oneDNN.
     """
     param = next(model.parameters())
-    if param.device.type != "cpu" or param.dtype != torch.float32:
-        raise ConfigError(f"cpu_kernels: onednn needs a float32 model on the CPU; this one is "
+    if param.device.type != "cpu" or param.dtype not in (torch.float32, torch.bfloat16):
+        raise ConfigError(f"cpu_kernels: onednn needs a float32 or bfloat16 model on the CPU; this one is "
                           f"{str(param.dtype).removeprefix('torch.')} on {param.device}")
     if not available():
         raise ConfigError("cpu_kernels: onednn needs a torch build with oneDNN (MKL-DNN); this one has "
                           "none: use cpu_kernels: default")
+    if param.dtype == torch.bfloat16 and not bf16_available():
+        raise ConfigError("cpu_kernels: onednn in bfloat16 needs a CPU with native bfloat16 (AVX-512 BF16 or "
+                          "AMX); this one has none: use dtype: float32")
     packed = []
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -108,6 +134,8 @@ def pack_linears(model: torch.nn.Module, measure: bool = True) -> int:
                 setattr(parent, name, packed[-1])
     if measure:
         choose_small_row_kernels(packed)
+    if param.dtype == torch.bfloat16:
+        choose_invariant_rows(packed)
     return len(packed)
 
 
@@ -123,7 +151,7 @@ def choose_small_row_kernels(linears: list[PackedLinear], reps: int = CHOICE_REP
     for shape, layers in by_shape.items():
         probe, rows = layers[0], 0
         for m in SMALL_ROWS:
-            x = torch.randn(m, probe.in_features)
+            x = torch.randn(m, probe.in_features, dtype=probe.weight.dtype)
             times: dict[bool, list[float]] = {False: [], True: []}
             for _ in range(reps + 1):  # the first round warms both up and is dropped below
                 for use_torch in (False, True):
@@ -137,5 +165,29 @@ def choose_small_row_kernels(linears: list[PackedLinear], reps: int = CHOICE_REP
                 break
         for layer in layers:
             layer.torch_rows = rows
+        chosen[shape] = rows
+    return chosen
+
+
+@torch.inference_mode()
+def choose_invariant_rows(linears: list[PackedLinear], limit: int = INVARIANT_LIMIT) -> dict[tuple[int, int], int]:
+    """Set each layer's ``max_rows`` (bfloat16): for every distinct ``(out, in)`` shape, the largest
+    ``m <= limit`` such that each row of a call over ``2 .. m`` rows is bitwise the row of a
+    one-row call, checked on random inputs. Longer inputs are then split into calls of that many
+    rows, so a row's result never depends on how many rows share its pass (oneDNN switches to
+    other kernels for larger products: 33 rows and up on an AMX Xeon). Returns it by shape."""
+    by_shape: dict[tuple[int, int], list[PackedLinear]] = {}
+    for layer in linears:
+        by_shape.setdefault((layer.out_features, layer.in_features), []).append(layer)
+    chosen = {}
+    gen = torch.Generator().manual_seed(0)
+    for shape, layers in by_shape.items():
+        probe = layers[0]
+        probe.max_rows = 0
+        x = torch.randn(limit, probe.in_features, generator=gen).to(probe.weight.dtype)  # [limit, in]
+        alone = torch.cat([probe(x[i:i + 1]) for i in range(limit)])                     # [limit, out]
+        rows = next((m - 1 for m in range(2, limit + 1) if not torch.equal(probe(x[:m]), alone[:m])), limit)
+        for layer in layers:
+            layer.max_rows = rows
         chosen[shape] = rows
     return chosen

@@ -36,6 +36,51 @@ def test_packed_linear_equals_linear(rows, torch_rows):
         torch.testing.assert_close(twin(x), packed(x))
 
 
+needs_bf16 = pytest.mark.skipif(not onednn.bf16_available(), reason="no native bfloat16 on this CPU")
+
+
+@needs_bf16
+def test_bf16_rows_are_bitwise_the_same_for_any_row_count():
+    """What keeps speculative decoding exact in bfloat16: a row's product does not depend on how
+    many rows share the call (float32's kernels only promise ~1e-6). oneDNN's kernels for small
+    products have this property; longer inputs are split into calls of the rows checked."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(576, 1536, bias=False).to(torch.bfloat16)
+    packed = onednn.PackedLinear(lin)
+    assert onednn.choose_invariant_rows([packed]) == {(1536, 576): packed.max_rows}
+    assert packed.max_rows >= 1
+    x = torch.randn(100, 576, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        alone = torch.cat([packed(x[i:i + 1]) for i in range(100)])  # [100, 1536]
+        torch.testing.assert_close(alone, lin(x))
+        for rows in (2, 3, 4, 7, 16, 33, 100):
+            assert torch.equal(packed(x[:rows]), alone[:rows]), rows
+    assert copy.deepcopy(packed).max_rows == packed.max_rows
+
+
+@needs_bf16
+def test_bf16_models_are_checked_for_row_invariance_when_packed(tok):
+    model = fresh("llama", tok).to(torch.bfloat16)
+    onednn.pack_linears(model, measure=False)
+    assert all(m.max_rows >= 1 for m in model.modules() if isinstance(m, onednn.PackedLinear))
+    model = fresh("llama", tok)
+    onednn.pack_linears(model, measure=False)  # float32: rows are not split (its kernels are not invariant)
+    assert all(m.max_rows == 0 for m in model.modules() if isinstance(m, onednn.PackedLinear))
+
+
+@needs_bf16
+def test_bf16_speculative_is_token_identical_with_packed_kernels(tok):
+    def model():
+        return fresh("llama", tok).to(torch.bfloat16)
+    dec = {"max_new_tokens": 24}
+    plain = Pipeline(model(), tokenizer=tok, decoding=dec, cpu_kernels="onednn")
+    for proposer in ("prompt_lookup", "token_recycling"):
+        pipe = Pipeline(model(), tokenizer=tok, decoding=dec, cpu_kernels="onednn",
+                        plugins=[{"name": "speculative", "proposer": proposer, "verify_costs": {1: 1.0, 64: 1.0}}])
+        for p in ["abc abc abc abc", "hello hello world hello"]:
+            assert pipe.generate(p).token_ids == plain.generate(p).token_ids, (proposer, p)
+
+
 def test_small_row_kernels_are_chosen_per_weight_shape(tok):
     model = fresh("llama", tok)
     assert onednn.pack_linears(model, measure=False) > 0
@@ -76,9 +121,15 @@ def test_speculative_stays_exact_with_packed_kernels(tok):
 def test_bad_cpu_kernels_are_clear_errors(tok):
     with pytest.raises(ConfigError, match="cpu_kernels"):
         Pipeline(fresh("llama", tok), tokenizer=tok, cpu_kernels="fast")
-    half = fresh("llama", tok).to(torch.bfloat16)
-    with pytest.raises(ConfigError, match="float32 model on the CPU; this one is bfloat16 on cpu"):
+    half = fresh("llama", tok).to(torch.float16)
+    with pytest.raises(ConfigError, match="float32 or bfloat16 model on the CPU; this one is float16 on cpu"):
         Pipeline(half, tokenizer=tok, cpu_kernels="onednn")
+
+
+def test_bf16_without_native_support_is_a_clear_error(tok, monkeypatch):
+    monkeypatch.setattr(onednn, "bf16_available", lambda: False)
+    with pytest.raises(ConfigError, match="native bfloat16"):
+        Pipeline(fresh("llama", tok).to(torch.bfloat16), tokenizer=tok, cpu_kernels="onednn")
 
 
 def test_pipeline_file_takes_cpu_kernels(tmp_path):
