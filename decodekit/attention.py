@@ -16,6 +16,10 @@ query heads in place; the result is bitwise the same (tests/test_attention.py). 
 registers that as the attention implementation ``decodekit_sdpa`` and switches a model to it.
 Everything else (one query token, no mask, another device, position biases, soft-capping) goes
 to transformers' own ``sdpa`` function unchanged.
+
+:func:`use_cpu_attention` is what loading calls: bfloat16 and float16 models on a CPU get
+:mod:`decodekit.invariant_attention` instead (needed there to keep speculative decoding exact),
+float32 models with grouped-query attention get ``decodekit_sdpa``.
 """
 
 from __future__ import annotations
@@ -71,3 +75,30 @@ def use_cpu_gqa(model: torch.nn.Module) -> bool:
     _register()
     model.set_attn_implementation(NAME)
     return True
+
+
+REDUCED_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def use_cpu_attention(model: torch.nn.Module) -> str | None:
+    """Switch a CPU model that uses ``sdpa`` (in place) to the attention decodekit runs it with;
+    return that implementation's name, or None where the model is left alone.
+
+    * bfloat16 / float16: :func:`~decodekit.invariant_attention.invariant_attention`, whose result
+      for a position does not depend on how many tokens share the pass (speculative decoding's
+      verify passes then score exactly as plain steps do);
+    * float32 with grouped-query attention: :func:`sdpa_gqa_cpu` (bitwise sdpa, no K/V copies).
+    """
+    from decodekit import invariant_attention
+
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+        return None
+    param = next(model.parameters())
+    if param.device.type != "cpu":
+        return None
+    if param.dtype in REDUCED_PRECISION:
+        invariant_attention.register()
+        model.set_attn_implementation(invariant_attention.NAME)
+        return invariant_attention.NAME
+    return NAME if use_cpu_gqa(model) else None

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from decodekit.attention import use_cpu_gqa
+from decodekit.attention import use_cpu_attention
 from decodekit.errors import ConfigError, ModelNotFoundError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -82,7 +82,7 @@ def _load(path: str, device: str, dtype: torch.dtype, cpu_kernels: str = "defaul
     finally:
         hf_logging.enable_progress_bar()
     model.to(device).eval()
-    use_cpu_gqa(model)  # CPU: masked multi-token passes without copying K/V per query head (attention.py)
+    use_cpu_attention(model)  # CPU: see attention.py (no K/V copies; bf16: pass-invariant attention)
     if cpu_kernels == "onednn":
         from decodekit.onednn import pack_linears
 

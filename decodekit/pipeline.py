@@ -20,7 +20,7 @@ import pluggy
 import torch
 
 from decodekit import engine
-from decodekit.attention import use_cpu_gqa
+from decodekit.attention import use_cpu_attention
 from decodekit.config import PipelineConfig, Resolved, apply_overrides, read_file, validate
 from decodekit.errors import ConfigError, DecodekitError
 from decodekit.generation import Generation, Limits
@@ -100,7 +100,7 @@ class Pipeline:
             if cpu_kernels == "onednn":
                 try:
                     pack_linears(self.model)  # in place: the caller's model object runs through oneDNN from now on
-                    use_cpu_gqa(self.model)   # and its masked multi-token passes copy no K/V (attention.py)
+                    use_cpu_attention(self.model)  # and the attention decodekit runs CPU models with (attention.py)
                 except ConfigError as e:
                     raise ConfigError(f"{source}: {e}") from None
         self.device = next(self.model.parameters()).device
