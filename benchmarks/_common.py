@@ -59,11 +59,13 @@ def add_cpu_args(ap, name: str) -> None:
                          f"{name}[_onednn]_<N>threads.md")
 
 
-def cpu_variant(name: str, cpu_kernels: str, device: torch.device) -> str:
-    """``name``, then ``_onednn`` for oneDNN kernels and ``_<N>threads`` for a CPU run on N > 1
-    threads (call after ``torch.set_num_threads``)."""
+def cpu_variant(name: str, cpu_kernels: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """``name``, then ``_onednn`` for oneDNN kernels, ``_bf16`` for a bfloat16 model on the CPU and
+    ``_<N>threads`` for a CPU run on N > 1 threads (call after ``torch.set_num_threads``)."""
     if cpu_kernels == "onednn":
         name += "_onednn"
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        name += "_bf16"
     if device.type == "cpu" and torch.get_num_threads() > 1:
         name += f"_{torch.get_num_threads()}threads"
     return name

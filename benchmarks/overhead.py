@@ -119,7 +119,7 @@ def main() -> None:
     lines += ["", f"Rerun: `python benchmarks/overhead.py --rounds {args.rounds} --new-tokens {n}{flags}`.", ""]
     text = "\n".join(lines)
     print(text)
-    write_result(result_name(cpu_variant("overhead", args.cpu_kernels, model.device), model.device), text)
+    write_result(result_name(cpu_variant("overhead", args.cpu_kernels, model.device, model.dtype), model.device), text)
 
 
 if __name__ == "__main__":

@@ -271,7 +271,8 @@ def main() -> None:
                   f"{n_tok / max(passes, 1):5.2f} tok/pass  same={same[name]}", flush=True)
 
     on_cpu = model.device.type == "cpu"
-    flags = "" if on_cpu else f" --device {args.device} --dtype {args.dtype}"
+    bf16_cpu = on_cpu and model.dtype == torch.bfloat16
+    flags = " --dtype bfloat16" if bf16_cpu else "" if on_cpu else f" --device {args.device} --dtype {args.dtype}"
     onednn = args.cpu_kernels == "onednn"
     if onednn:
         flags += " --cpu-kernels onednn"
@@ -281,7 +282,7 @@ def main() -> None:
         flags += f" --threads {torch.get_num_threads()}"
     lines = [
         "# Speculative decoding on the embedded model" + ("" if on_cpu else f" ({model.device.type})")
-        + (", oneDNN CPU kernels" if onednn else ""),
+        + (", oneDNN CPU kernels" if onednn else "") + (", bfloat16" if bf16_cpu else ""),
         "",
         f"Machine: {machine()}. Device {model.device}, {str(model.dtype).removeprefix('torch.')}.",
         "",
@@ -319,6 +320,15 @@ def main() -> None:
                   "faster for each weight shape when the model was packed, so the plain greedy the speedups are "
                   "over is at least as fast as with the default kernels (compare the tok/s with speculative.md "
                   "recorded on the same machine).", ""]
+    if bf16_cpu:
+        lines += ["`--dtype bfloat16` on the CPU: every row runs the model in bfloat16 (its tokens are bfloat16 "
+                  "greedy decoding's, not float32's), with decodekit's pass-invariant attention "
+                  "(decodekit/invariant_attention.py): a position's logits are bitwise the same whether it is "
+                  "scored alone or inside a verify pass, so \"same\" holds exactly as in float32."
+                  + (" With oneDNN the bfloat16 products run on the CPU's AMX tiles where it has them: a pass "
+                     "over 1 to 16 new tokens costs about the same, and a plain step is faster than in float32 "
+                     "(compare decodekit greedy's tok/s with speculative_onednn.md recorded on the same machine)."
+                     if onednn else ""), ""]
     if on_cpu:
         lines += ["| prompt set | method | tok/s | speedup | after prefill | modelled speedup | tok/pass | same |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | :---: |"]
@@ -329,7 +339,7 @@ def main() -> None:
         modelled = f" {msp:.2f}x |" if on_cpu else ""
         lines.append(f"| {set_name} | {name} | {tps:.2f} | {sp:.2f}x | {dsp:.2f}x |{modelled} {tpp:.2f} | "
                      f"{'yes' if ok else 'NO'} |")
-    name = cpu_variant("speculative", args.cpu_kernels, model.device)
+    name = cpu_variant("speculative", args.cpu_kernels, model.device, model.dtype)
     out = write_result(result_name(name, model.device), "\n".join(lines) + "\n")
     print(f"wrote {out}")
 
