@@ -2,9 +2,10 @@
 
 Speculative decoding pays one target pass over ``s = 1 + N`` new tokens per step; the ratio
 ``cost(s) / cost(1)`` decides whether a draft of ``N`` tokens can pay at all. This times, on the
-embedded model (float32) after a cached context of ``--context`` tokens, a forward pass over
-``s`` new tokens for both kernel choices, side by side in one process (interleaved, median of
-``--reps``), and plain greedy decoding with decodekit and with HF ``generate`` on each model.
+embedded model (float32, and bfloat16 with oneDNN where the CPU has native bfloat16) after a
+cached context of ``--context`` tokens, a forward pass over ``s`` new tokens for each setup, side
+by side in one process (interleaved, median of ``--reps``), and plain greedy decoding with
+decodekit and with HF ``generate`` on each model.
 Writes docs/results/cpu_kernels.md.
 
     python benchmarks/cpu_kernels.py [--reps 9] [--context 200] [--new-tokens 64]
@@ -23,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write_result  # noqa: E402
 
-from decodekit import Pipeline  # noqa: E402
+from decodekit import Pipeline, onednn  # noqa: E402
 
 WIDTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 PROMPTS = ["What are some good habits for staying productive when working from home?",
@@ -64,9 +65,12 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     args = ap.parse_args()
 
-    kinds = ("default", "onednn")
-    pipes = {k: Pipeline("smollm2-135m", decoding={"strategy": "greedy"}, device="cpu", dtype="float32",
-                         cpu_kernels=k) for k in kinds}
+    setups = {"default": ("float32", "default"), "onednn": ("float32", "onednn")}
+    if onednn.bf16_available():  # bfloat16 in AMX / AVX-512 BF16 tiles, where the CPU has them
+        setups["onednn bf16"] = ("bfloat16", "onednn")
+    kinds = tuple(setups)
+    pipes = {k: Pipeline("smollm2-135m", decoding={"strategy": "greedy"}, device="cpu", dtype=dtype,
+                         cpu_kernels=kernels) for k, (dtype, kernels) in setups.items()}
     for p in pipes.values():
         p.model.generation_config.pad_token_id = p.pad_token_id
     context = torch.randint(100, 20000, (1, args.context), generator=torch.Generator().manual_seed(0))
@@ -79,7 +83,7 @@ def main() -> None:
                 times[k, s].append(pass_ms(pipes[k].model, context, s))
     med = {key: statistics.median(v) for key, v in times.items()}
     for s in WIDTHS:
-        print(f"s={s:3d}  default {med['default', s]:7.1f} ms  onednn {med['onednn', s]:7.1f} ms", flush=True)
+        print(f"s={s:3d}  " + "  ".join(f"{k} {med[k, s]:7.1f} ms" for k in kinds), flush=True)
 
     # plain greedy, decodekit and HF generate, on each model
     decode = {}
@@ -109,29 +113,31 @@ def main() -> None:
         "",
         f"`python benchmarks/cpu_kernels.py --reps {args.reps} --context {args.context} --new-tokens {args.new_tokens}`: "
         f"SmolLM2-135M-Instruct in float32. One forward pass over *s* new tokens after a cached context of "
-        f"{args.context} tokens, median of {args.reps} (the two kernel choices interleaved), with torch's default "
+        f"{args.context} tokens, median of {args.reps} (the kernel choices interleaved), with torch's default "
         "linear kernels (MKL sgemm) and with `cpu_kernels: onednn` (decodekit/onednn.py: oneDNN with weights "
-        "packed once). The ratio is the pass's cost in plain passes of the same kernels: what a speculative "
+        "packed once)"
+        + (", and with `cpu_kernels: onednn` on the model in bfloat16 (`dtype: bfloat16`; it attends "
+           "with decodekit/invariant_attention.py, in float64)" if "onednn bf16" in kinds else "")
+        + ". The ratio is the pass's cost in plain passes of the same setup: what a speculative "
         "draft of *s - 1* tokens must earn back.",
         "",
-        "| new tokens *s* | default (ms) | ratio | onednn (ms) | ratio |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+        "| new tokens *s* | " + " | ".join(f"{k} (ms) | ratio" for k in kinds) + " |",
+        "| ---: | " + " | ".join("---: | ---:" for _ in kinds) + " |",
     ]
     for s in WIDTHS:
-        d, o = med["default", s], med["onednn", s]
-        lines.append(f"| {s} | {d:.1f} | {d / med['default', 1]:.2f} | {o:.1f} | {o / med['onednn', 1]:.2f} |")
+        lines.append(f"| {s} | " + " | ".join(f"{med[k, s]:.1f} | {med[k, s] / med[k, 1]:.2f}" for k in kinds) + " |")
     lines += [
         "",
         f"Plain greedy decoding, {len(PROMPTS)} chat prompts, up to {args.new_tokens} new tokens (\"same\": HF "
         "`generate` gave decodekit's tokens on the same model):",
         "",
-        "| kernels | decodekit greedy (tok/s) | HF generate greedy (tok/s) | same |",
+        "| setup | decodekit greedy (tok/s) | HF generate greedy (tok/s) | same |",
         "| --- | ---: | ---: | :---: |",
     ]
     for k in kinds:
         ours, hf, same = decode[k]
         lines.append(f"| {k} | {ours:.2f} | {hf:.2f} | {'yes' if same else 'NO'} |")
-    lines += ["", f"Greedy tokens with onednn equal those with the default kernels on these prompts: "
+    lines += ["", f"Greedy tokens with onednn equal those with the default kernels on these prompts (float32 both): "
                   f"{'yes' if same_kernels else 'NO'}."]
     out = write_result("cpu_kernels", "\n".join(lines) + "\n")
     print(f"wrote {out}")

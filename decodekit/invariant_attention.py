@@ -4,30 +4,24 @@ Speculative decoding is lossless only if a verify pass scores every position exa
 step would: the same logits whether the position is scored alone, among the draft's other tokens,
 or in a batch with padding. In float32 the kernels' different summation orders move logits by
 ~1e-5, which changes a greedy token only in a near-tie. In bfloat16 it is not so: torch's CPU
-attention kernels round their output to bfloat16 after summing in an order that depends on how
-many queries share the call and how many (masked) keys follow, and one bfloat16 step of
-difference in one layer's attention grows to about one logit after 30 layers (the embedded
-model: up to 0.9 between a pass over 16 new tokens and 16 single-token passes). Greedy ties then
-break differently and a speculative run leaves plain decoding's path.
+attention kernel rounds its output to bfloat16 after sums whose order depends on how many
+queries share the call and how many masked keys follow, and one bfloat16 step of difference in
+one layer's attention grows to about one logit after 30 layers (the embedded model: up to 0.9
+between a pass over 16 new tokens and 16 single-token passes). Greedy ties then break
+differently and a speculative run leaves plain decoding's path.
 
-:func:`invariant_attention` computes each query row in float64 and rounds once, at the end, to
-the model's dtype:
+:func:`invariant_attention` therefore gives every query the call a plain decoding step would
+make for it: ``scaled_dot_product_attention`` over that query alone and exactly the keys it may
+see, gathered in order, without a mask. A plain step (one query, every cached key visible) is
+that call already; in a verify pass, a tree pass, a padded batch or a prefill, query ``i`` of
+row ``b`` gets the same call on the same numbers, so the same result, bit for bit, by
+construction. Which keys a query sees is read once per mask (every layer of a pass shares it):
+a prefix of the cache is a view, anything else (a tree node's ancestors, a padded row) a gather.
 
-* ``q . k``: a product of two bfloat16 numbers (8-bit significands) is exact in float64, and so
-  is the sum of 64 of them unless their magnitudes span more than ~2^37: the scores come out the
-  same in any summation order, so whatever blocking the matrix product picks.
-* softmax over the visible keys: masked keys give ``exp(-inf) = 0`` exactly; a query that sees
-  no key at all (a padding row) gets zeros instead of NaN (0 * NaN would poison the rows that
-  later attend to its values).
-* ``sum_j p_j v_j``: float64, order-dependent only at ~1e-16 relative, far below the bfloat16
-  rounding step (~4e-3) the result then takes; a different bfloat16 value would need the float64
-  sum to fall within ~1e-16 of a rounding boundary.
-
-With the packed bfloat16 linears of :mod:`decodekit.onednn` (bitwise the same rows for any
-number of rows) a whole pass is then invariant: tests/test_attention.py checks a pass over 16
-tokens, a tree pass and padded batches against single-token passes bit for bit. The cost is
-small while decoding (a handful of queries against the cache) and quadratic float64 work in a
-long prefill, done a block of queries at a time (``SCORES_PER_CHUNK``) to bound memory.
+The cost is one kernel call per query instead of one per pass: nothing for plain decoding, a few
+tens of microseconds per draft token and layer in a verify pass, and for a prefill one call per
+prompt token and layer (about 60 ms more on a 130-token prompt with the embedded model, one core).
+tests/test_attention.py checks chains, trees and padded batches against single-token passes.
 """
 
 from __future__ import annotations
@@ -37,50 +31,86 @@ from typing import Any
 import torch
 
 NAME = "decodekit_invariant"
-SCORES_PER_CHUNK = 1 << 22  # float64 scores held at once: 32 MiB
+
+
+class _KeyPlan:
+    """Which keys each query of a pass sees, read from its mask ``[B or 1, 1, Q, C]``.
+
+    ``prefix[b][i]``: the number of leading keys query ``i`` of row ``b`` sees when they are
+    exactly the first ones, else None and ``index[b][i]`` holds their column indices."""
+
+    def __init__(self, mask: torch.Tensor, B: int, C: int):
+        self.shape = (B, C)
+        mask = mask[..., :C]
+        if mask.dtype == torch.bool:
+            visible = mask[:, 0]  # [B or 1, Q, C]
+        else:  # additive: 0 where a query may attend, a large negative number elsewhere
+            visible = mask[:, 0] > torch.finfo(mask.dtype).min / 2
+            if not bool(((mask[:, 0] == 0) | ~visible).all()):
+                raise NotImplementedError(f"{NAME} attention takes masks of 0 / -inf only, not additive biases")
+        visible = visible.expand(B, -1, -1).cpu()
+        counts = visible.sum(-1)                                              # [B, Q]
+        is_prefix = (visible == (torch.arange(C) < counts[..., None])).all(-1)  # [B, Q]
+        self.prefix = [[int(n) if p else None for n, p in zip(cs, ps)]
+                       for cs, ps in zip(counts.tolist(), is_prefix.tolist())]
+        self.index = [[None if p is not None else visible[b, i].nonzero()[:, 0].to(mask.device)
+                       for i, p in enumerate(row)] for b, row in enumerate(self.prefix)]
+
+
+def _plan(mask: torch.Tensor, B: int, C: int) -> _KeyPlan:
+    """The mask's :class:`_KeyPlan` over ``C`` keys, made by the first layer and kept on the mask
+    tensor for the others (it goes with the mask)."""
+    plan = getattr(mask, "_decodekit_key_plan", None)
+    if plan is None or plan.shape != (B, C):
+        plan = _KeyPlan(mask, B, C)
+        mask._decodekit_key_plan = plan
+    return plan
 
 
 def invariant_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                         attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                         is_causal: bool | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature. ``query [B, H, Q, D]``, ``key`` / ``value``
-    ``[B, Hkv, C, D]`` (``Hkv`` divides ``H``: query heads ``h*g .. h*g+g-1`` share K/V head ``h``),
-    ``attention_mask [B or 1, 1, Q, C]`` (bool, or float added to the scores) or None (then causal
-    when ``Q > 1``, the last ``Q`` keys being the queries' own positions); returns ``[B, Q, H, D]``."""
-    unsupported = [name for name in ("position_bias", "s_aux") if kwargs.get(name) is not None]
+    ``[B, Hkv, C, D]`` (``Hkv`` divides ``H``), ``attention_mask [B or 1, 1, Q, C]`` (bool, or
+    0 / large negative floats) or None (then causal when ``Q > 1``, the last ``Q`` keys being the
+    queries' own positions); returns ``[B, Q, H, D]``."""
+    unsupported = [name for name in ("position_bias", "s_aux", "softcap") if kwargs.get(name) is not None]
     if dropout or kwargs.get("output_attentions") or unsupported:
         raise NotImplementedError(f"{NAME} attention has no dropout, attention weights, "
-                                  f"{', '.join(unsupported) or 'position bias or sinks'}: load the model with "
-                                  "attn_implementation='sdpa' for these")
+                                  f"{', '.join(unsupported) or 'position bias, soft-capping or sinks'}: load the "
+                                  "model with attn_implementation='sdpa' for these")
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``q [b, H, 1, D]`` over ``k`` / ``v [b, Hkv, c, D]`` -> ``[b, H, D]``: a plain step's call."""
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scaling, enable_gqa=True)
+        return out[:, :, 0]
+
     B, H, Q, D = query.shape
-    Hkv, C = key.shape[1], key.shape[2]
-    g = H // Hkv
-    scale = scaling if scaling is not None else D ** -0.5
-    softcap = kwargs.get("softcap")
-    if attention_mask is None and Q > 1 and (is_causal if is_causal is not None else getattr(module, "is_causal", True)):
-        attention_mask = torch.ones(Q, C, dtype=torch.bool, device=query.device).tril(C - Q)[None, None]
-    k = key.to(torch.float64).transpose(-1, -2)  # [B, Hkv, D, C]
-    v = value.to(torch.float64)                  # [B, Hkv, C, D]
-    q = query.to(torch.float64, memory_format=torch.contiguous_format).view(B, Hkv, g, Q, D)
-    if attention_mask is not None and attention_mask.dtype == torch.bool:  # -> added to the scores
-        attention_mask = torch.zeros(attention_mask.shape, dtype=torch.float64, device=query.device).masked_fill_(
-            ~attention_mask, float("-inf"))
-    out = torch.empty(B, Q, H, D, dtype=query.dtype, device=query.device)
-    step = max(1, SCORES_PER_CHUNK // max(1, B * H * C))
-    for lo in range(0, Q, step):
-        hi = min(Q, lo + step)
-        scores = torch.matmul(q[:, :, :, lo:hi].reshape(B, Hkv, g * (hi - lo), D), k)  # [B, Hkv, g*Qc, C]
-        scores = scores.view(B, Hkv, g, hi - lo, C)
-        if softcap:
-            scores = torch.tanh(scores * (scale / softcap)) * softcap
-        elif scale != 1.0:
-            scores = scores * scale
-        if attention_mask is not None:
-            scores = scores + attention_mask[:, :, None, lo:hi, :C]  # [B or 1, 1, 1, Qc, C]
-        weights = torch.softmax(scores, dim=-1).nan_to_num_(0.0)  # a query that sees no key: zeros, not NaN
-        ctx = torch.matmul(weights.view(B, Hkv, g * (hi - lo), C), v)  # [B, Hkv, g*Qc, D]
-        out[:, lo:hi] = ctx.view(B, H, hi - lo, D).transpose(1, 2)
-    return out, None
+    C = key.shape[2]
+    if attention_mask is None and Q == 1:  # a plain step: every cached key is visible
+        return attend(query, key, value)[:, None], None
+    if attention_mask is None:
+        if not (is_causal if is_causal is not None else getattr(module, "is_causal", True)):
+            raise NotImplementedError(f"{NAME} attention is for causal models")
+        # causal: query i sees the keys up to its own position, C - Q + i
+        rows = [attend(query[:, :, i:i + 1], key[:, :, :C - Q + i + 1], value[:, :, :C - Q + i + 1])
+                for i in range(Q)]
+        return torch.stack(rows, dim=1), None  # [B, Q, H, D]
+    plan = _plan(attention_mask, B, C)
+    rows = []
+    for b in range(B):
+        for i in range(Q):
+            n = plan.prefix[b][i]
+            if n == 0:  # sees nothing (a padding query): zeros, not NaN
+                rows.append(query.new_zeros(H, D))
+                continue
+            if n is not None:
+                k, v = key[b:b + 1, :, :n], value[b:b + 1, :, :n]
+            else:
+                at = plan.index[b][i]
+                k, v = key[b:b + 1].index_select(2, at), value[b:b + 1].index_select(2, at)
+            rows.append(attend(query[b:b + 1, :, i:i + 1], k, v)[0])
+    return torch.stack(rows).view(B, Q, H, D), None
 
 
 def register() -> None:

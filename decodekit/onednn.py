@@ -28,11 +28,11 @@ is packed; the margin makes it unlikely to differ between runs on the same machi
 does, greedy tokens can differ only in near-ties, as between the two kernels).
 
 bfloat16 models are packed the same way. On a CPU with AMX (Intel Xeon since Sapphire Rapids)
-oneDNN then multiplies in bfloat16 tiles: a pass over 1 to 16 new tokens costs about the same
-(measured on the embedded model, one core: 44 / 48 / 49 / 53 ms for 1 / 4 / 8 / 16 tokens,
-against float32's 57 / 68 / 78 / 94), and every row of a product is bitwise the same whatever
-the number of rows (tests/test_onednn.py), which together with
-:mod:`decodekit.invariant_attention` keeps speculative decoding exact in bfloat16.
+oneDNN then multiplies in bfloat16 tiles: a pass over 1 to 16 new tokens costs little more than
+one over a single token (docs/results/cpu_kernels.md), and every row of a product is bitwise the
+same whatever the number of rows up to 32 (:func:`choose_invariant_rows` checks it and splits
+longer inputs), which together with :mod:`decodekit.invariant_attention` keeps speculative
+decoding exact in bfloat16.
 """
 
 from __future__ import annotations

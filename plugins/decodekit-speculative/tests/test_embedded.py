@@ -1,13 +1,14 @@
 """On the embedded SmolLM2-135M: every proposer gives plain greedy's tokens, with a mask and a
-rescore plugin active, on 10 varied prompts (one batch each, so that it stays quick)."""
+rescore plugin active, on 10 varied prompts (one batch each, so that it stays quick); in float32
+and in bfloat16 with oneDNN kernels."""
 
 from __future__ import annotations
 
 import pytest
 
-from decodekit import Pipeline
+from decodekit import Pipeline, onednn
 
-from speculative_helpers import PROPOSERS, BanTokens, Bias
+from speculative_helpers import FLAT, PROPOSERS, BanTokens, Bias
 
 pytestmark = pytest.mark.embedded
 
@@ -61,3 +62,27 @@ def test_a_typo_fix_resumes_the_copy_after_each_edit():
     assert pipe.generate(prompt).token_ids == plain.generate(prompt).token_ids
     resumed = dict(pipe.plugins)["speculative"].lookup_stats["resume"]
     assert resumed.visits[0] > 0 and resumed.hits[0] > 0
+
+
+needs_bf16 = pytest.mark.skipif(not onednn.bf16_available(), reason="no native bfloat16 on this CPU")
+
+
+@pytest.fixture(scope="module")
+def reference_bf16():
+    plain = Pipeline("smollm2-135m", decoding={"strategy": "greedy", "max_new_tokens": N}, plugins=plugins(),
+                     dtype="bfloat16", cpu_kernels="onednn")
+    return [c.token_ids for c in plain.generate(PROMPTS).completions]
+
+
+@needs_bf16
+@pytest.mark.parametrize("proposer", PROPOSERS)
+def test_embedded_bf16_greedy_is_token_identical(reference_bf16, proposer):
+    """In bfloat16 with oneDNN's packed kernels and the pass-invariant attention, drafting on every
+    step (flat costs) still gives plain bfloat16 greedy's tokens: one bfloat16 rounding of
+    difference anywhere in a verify pass would change tokens here."""
+    opts = {"proposer": proposer, "verify_costs": FLAT}
+    if proposer == "draft_model":
+        opts["draft"] = "smollm2-135m"
+    pipe = Pipeline("smollm2-135m", decoding={"strategy": "greedy", "max_new_tokens": N},
+                    plugins=[{"name": "speculative", **opts}, *plugins()], dtype="bfloat16", cpu_kernels="onednn")
+    assert [c.token_ids for c in pipe.generate(PROMPTS).completions] == reference_bf16
