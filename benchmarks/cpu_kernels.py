@@ -117,7 +117,8 @@ def main() -> None:
         "linear kernels (MKL sgemm) and with `cpu_kernels: onednn` (decodekit/onednn.py: oneDNN with weights "
         "packed once)"
         + (", and with `cpu_kernels: onednn` on the model in bfloat16 (`dtype: bfloat16`; it attends "
-           "with decodekit/invariant_attention.py, in float64)" if "onednn bf16" in kinds else "")
+           "with decodekit/invariant_attention.py, a plain step's own attention call per query)"
+           if "onednn bf16" in kinds else "")
         + ". The ratio is the pass's cost in plain passes of the same setup: what a speculative "
         "draft of *s - 1* tokens must earn back.",
         "",

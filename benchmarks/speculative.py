@@ -324,7 +324,7 @@ def main() -> None:
         lines += ["`--dtype bfloat16` on the CPU: every row runs the model in bfloat16 (its tokens are bfloat16 "
                   "greedy decoding's, not float32's), with decodekit's pass-invariant attention "
                   "(decodekit/invariant_attention.py): a position's logits are bitwise the same whether it is "
-                  "scored alone or inside a verify pass, so \"same\" holds exactly as in float32."
+                  "scored alone or inside a verify pass, so drafting cannot change the tokens."
                   + (" With oneDNN the bfloat16 products run on the CPU's AMX tiles where it has them: a pass "
                      "over 1 to 16 new tokens costs about the same, and a plain step is faster than in float32 "
                      "(compare decodekit greedy's tok/s with speculative_onednn.md recorded on the same machine)."
