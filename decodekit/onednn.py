@@ -139,16 +139,21 @@ def pack_linears(model: torch.nn.Module, measure: bool = True) -> int:
     return len(packed)
 
 
+def _by_shape(linears: list[PackedLinear]) -> dict[tuple[int, int], list[PackedLinear]]:
+    """The layers grouped by weight shape ``(out, in)``: kernel choices are made once per shape."""
+    groups: dict[tuple[int, int], list[PackedLinear]] = {}
+    for layer in linears:
+        groups.setdefault((layer.out_features, layer.in_features), []).append(layer)
+    return groups
+
+
 @torch.inference_mode()
 def choose_small_row_kernels(linears: list[PackedLinear], reps: int = CHOICE_REPS) -> dict[tuple[int, int], int]:
     """Set each layer's ``torch_rows``: for every distinct ``(out, in)`` shape, the largest row
     count in ``SMALL_ROWS`` up to which ``F.linear`` took under ``TORCH_MARGIN`` of oneDNN's time
     (medians of ``reps`` interleaved timings on one layer of that shape). Returns it by shape."""
-    by_shape: dict[tuple[int, int], list[PackedLinear]] = {}
-    for layer in linears:
-        by_shape.setdefault((layer.out_features, layer.in_features), []).append(layer)
     chosen = {}
-    for shape, layers in by_shape.items():
+    for shape, layers in _by_shape(linears).items():
         probe, rows = layers[0], 0
         for m in SMALL_ROWS:
             x = torch.randn(m, probe.in_features, dtype=probe.weight.dtype)
@@ -176,12 +181,9 @@ def choose_invariant_rows(linears: list[PackedLinear], limit: int = INVARIANT_LI
     one-row call, checked on random inputs. Longer inputs are then split into calls of that many
     rows, so a row's result never depends on how many rows share its pass (oneDNN switches to
     other kernels for larger products: 33 rows and up on an AMX Xeon). Returns it by shape."""
-    by_shape: dict[tuple[int, int], list[PackedLinear]] = {}
-    for layer in linears:
-        by_shape.setdefault((layer.out_features, layer.in_features), []).append(layer)
     chosen = {}
     gen = torch.Generator().manual_seed(0)
-    for shape, layers in by_shape.items():
+    for shape, layers in _by_shape(linears).items():
         probe = layers[0]
         probe.max_rows = 0
         x = torch.randn(limit, probe.in_features, generator=gen).to(probe.weight.dtype)  # [limit, in]
