@@ -34,8 +34,9 @@ def main() -> None:
     results = ROOT / "docs" / "results"
     files = {p.stem: p for p in results.glob("*.md")}
     # each benchmark's CPU page, its CPU pages with oneDNN kernels (<name>_onednn, on one thread
-    # and on two, then in bfloat16), then its GPU page (<name>_cuda), for those recorded
-    variants = ("", "_onednn", "_onednn_2threads", "_onednn_bf16", "_cuda")
+    # and on two, then in bfloat16), a bfloat16 page (<name>_bf16), then its GPU page (<name>_cuda),
+    # for those recorded
+    variants = ("", "_onednn", "_onednn_2threads", "_onednn_bf16", "_bf16", "_cuda")
     ordered = [n + v for n in ORDER for v in variants]
     names = [n for n in ordered if n in files] + sorted(n for n in files if n not in ordered)
     parts = [HEADER]

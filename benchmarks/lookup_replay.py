@@ -17,6 +17,7 @@ allow here, whatever the planner does. It leaves out the host's own work per ste
 verifying), so real runs stay below it. Writes docs/results/lookup_replay.md.
 
     python benchmarks/lookup_replay.py [--new-tokens 96] [--lengths 5,8,16] [--cpu-kernels onednn] [--threads 1]
+        [--dtype bfloat16]   (writes docs/results/lookup_replay_bf16.md)
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ def main() -> None:
     ap.add_argument("--cpu-kernels", default="onednn", choices=["default", "onednn"],
                     help="the kernels the bound's passes are timed with")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the timings")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="the model's dtype (bfloat16: its own greedy outputs and pass times; "
+                         "writes lookup_replay_bf16.md)")
     ap.add_argument("--context", type=int, default=200, help="cached tokens before a timed pass")
     ap.add_argument("--reps", type=int, default=15, help="timings per pass width (median)")
     args = ap.parse_args()
@@ -107,7 +111,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     pipe = Pipeline("smollm2-135m", decoding={"strategy": "greedy", "max_new_tokens": args.new_tokens},
-                    device="cpu", dtype="float32", cpu_kernels=args.cpu_kernels)
+                    device="cpu", dtype=args.dtype, cpu_kernels=args.cpu_kernels)
     starts = Speculative(DEFAULTS, pipe).word_starts  # the word starts the plugin resumes at
     variants = {"lookup": None, "lookup + resume": starts}
     costs = pass_costs(pipe.model, args.context, args.reps, max(lengths) + 1)
@@ -137,8 +141,9 @@ def main() -> None:
         f"Machine: {machine()}.",
         "",
         f"`python benchmarks/lookup_replay.py --new-tokens {args.new_tokens} --lengths {args.lengths} "
-        f"--cpu-kernels {args.cpu_kernels} --threads {args.threads}`: plain greedy outputs of "
-        "SmolLM2-135M-Instruct for the prompt sets of benchmarks/speculative.py (3 prompts each, up to "
+        f"--cpu-kernels {args.cpu_kernels} --threads {args.threads}"
+        + (" --dtype bfloat16" if args.dtype == "bfloat16" else "") + "`: plain greedy outputs of "
+        f"SmolLM2-135M-Instruct in {args.dtype} for the prompt sets of benchmarks/speculative.py (3 prompts each, up to "
         f"{args.new_tokens} new tokens), then prompt lookup replayed over them with drafts of a fixed length "
         "*L* (no planner) and a greedy verifier. Tokens per target pass, with and without resuming a copy "
         "after an edit (lookup.py). A count of passes, not a timing: the same on every machine. What a pass "
@@ -168,7 +173,7 @@ def main() -> None:
     ]
     for set_name, length, after, overall, pre in bounds:
         lines.append(f"| {set_name} | {length} | {pre:.0f} | {after:.2f}x | {overall:.2f}x |")
-    out = write_result("lookup_replay", "\n".join(lines) + "\n")
+    out = write_result("lookup_replay" + ("_bf16" if args.dtype == "bfloat16" else ""), "\n".join(lines) + "\n")
     print(f"wrote {out}")
 
 
