@@ -59,7 +59,8 @@ class _KeyPlan:
 
 def _plan(mask: torch.Tensor, B: int, C: int) -> _KeyPlan:
     """The mask's :class:`_KeyPlan` over ``C`` keys, made by the first layer and kept on the mask
-    tensor for the others (it goes with the mask)."""
+    tensor for the others (it goes with the mask; transformers and CachedLM build a new mask for
+    every pass and never change one in place)."""
     plan = getattr(mask, "_decodekit_key_plan", None)
     if plan is None or plan.shape != (B, C):
         plan = _KeyPlan(mask, B, C)
