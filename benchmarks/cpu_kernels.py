@@ -27,6 +27,7 @@ from _common import machine, write_result  # noqa: E402
 from decodekit import Pipeline, onednn  # noqa: E402
 
 WIDTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+PREFILLS = (130, 500)  # prompt lengths whose prefill (a pass over the prompt, no cache) is timed
 PROMPTS = ["What are some good habits for staying productive when working from home?",
            "Tell me a short story about a lighthouse keeper and a seagull."]
 
@@ -48,6 +49,17 @@ def pass_ms(model, context: torch.Tensor, s: int) -> float:
     """:func:`timed_pass` over ``s`` fixed random tokens."""
     new = torch.randint(100, 20000, (1, s), generator=torch.Generator().manual_seed(s))
     return timed_pass(model, context, new)[0]
+
+
+@torch.inference_mode()
+def prefill_ms(model, n: int) -> float:
+    """Milliseconds of a pass over ``n`` fixed random prompt tokens with an empty cache."""
+    from transformers import DynamicCache
+
+    prompt = torch.randint(100, 20000, (1, n), generator=torch.Generator().manual_seed(n))
+    t0 = time.perf_counter()
+    model(prompt, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
+    return (time.perf_counter() - t0) * 1e3
 
 
 @torch.inference_mode()
@@ -84,6 +96,21 @@ def main() -> None:
     med = {key: statistics.median(v) for key, v in times.items()}
     for s in WIDTHS:
         print(f"s={s:3d}  " + "  ".join(f"{k} {med[k, s]:7.1f} ms" for k in kinds), flush=True)
+
+    # prefill: what a prompt costs before the first token (bfloat16 also with transformers' sdpa
+    # attention instead of the pass-invariant one, to show what the invariance costs there)
+    prefill_kinds = [(k, None) for k in kinds] + ([("onednn bf16", "sdpa")] if "onednn bf16" in kinds else [])
+    pre = {}
+    for k, attn in prefill_kinds:
+        model = pipes[k].model
+        own = model.config._attn_implementation
+        if attn:
+            model.set_attn_implementation(attn)
+        for n in PREFILLS:
+            prefill_ms(model, n)  # warm-up
+            pre[k, attn, n] = statistics.median(prefill_ms(model, n) for _ in range(3))
+        model.set_attn_implementation(own)
+        print("prefill", k, attn or "", {n: round(pre[k, attn, n], 1) for n in PREFILLS}, flush=True)
 
     # plain greedy, decodekit and HF generate, on each model
     decode = {}
@@ -127,6 +154,19 @@ def main() -> None:
     ]
     for s in WIDTHS:
         lines.append(f"| {s} | " + " | ".join(f"{med[k, s]:.1f} | {med[k, s] / med[k, 1]:.2f}" for k in kinds) + " |")
+    lines += [
+        "",
+        "Prefill: one pass over a prompt of random tokens with an empty cache, median of 3 (ms)"
+        + ("; \"onednn bf16, sdpa\" is the bfloat16 model with transformers' sdpa attention instead of "
+           "decodekit's pass-invariant one (which makes one attention call per prompt token and layer), "
+           "what the invariance costs" if "onednn bf16" in kinds else "") + ":",
+        "",
+        "| setup | " + " | ".join(f"{n} tokens" for n in PREFILLS) + " |",
+        "| --- | " + " | ".join("---:" for _ in PREFILLS) + " |",
+    ]
+    for k, attn in prefill_kinds:
+        label = f"{k}, {attn}" if attn else k
+        lines.append(f"| {label} | " + " | ".join(f"{pre[k, attn, n]:.0f}" for n in PREFILLS) + " |")
     lines += [
         "",
         f"Plain greedy decoding, {len(PROMPTS)} chat prompts, up to {args.new_tokens} new tokens (\"same\": HF "
