@@ -61,14 +61,21 @@ def _register() -> None:
         AttentionMaskInterface.register(NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])  # the same masks as sdpa
 
 
+def _sdpa_on_cpu(model: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of a model on a CPU that uses transformers' ``sdpa`` attention; None for any other."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+        return None
+    param = next(model.parameters())
+    return param.dtype if param.device.type == "cpu" else None
+
+
 def use_cpu_gqa(model: torch.nn.Module) -> bool:
     """Switch ``model`` (in place) from ``sdpa`` to :func:`sdpa_gqa_cpu` if it is on a CPU, uses
     ``sdpa`` and has grouped-query attention; return whether it did. Outputs stay bitwise the same."""
-    config = getattr(model, "config", None)
-    if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+    if _sdpa_on_cpu(model) is None:
         return False
-    if next(model.parameters()).device.type != "cpu":
-        return False
+    config = model.config
     heads, kv_heads = getattr(config, "num_attention_heads", None), getattr(config, "num_key_value_heads", None)
     if not heads or not kv_heads or heads == kv_heads:
         return False
@@ -91,13 +98,7 @@ def use_cpu_attention(model: torch.nn.Module) -> str | None:
     """
     from decodekit import invariant_attention
 
-    config = getattr(model, "config", None)
-    if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
-        return None
-    param = next(model.parameters())
-    if param.device.type != "cpu":
-        return None
-    if param.dtype in REDUCED_PRECISION:
+    if _sdpa_on_cpu(model) in REDUCED_PRECISION:
         invariant_attention.register()
         model.set_attn_implementation(invariant_attention.NAME)
         return invariant_attention.NAME
