@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write_result  # noqa: E402
-from cpu_kernels import pass_ms  # noqa: E402
+from cpu_kernels import pass_ms, prefill_ms  # noqa: E402
 from speculative import SETS  # noqa: E402
 
 from decodekit import Pipeline  # noqa: E402
@@ -80,18 +79,6 @@ def cheapest_pass(costs: dict[int, float], s: int) -> float:
     lo, hi = max(x for x in xs if x <= s), min(x for x in xs if x >= s)
     at = costs[lo] if lo == hi else costs[lo] + (costs[hi] - costs[lo]) * (s - lo) / (hi - lo)
     return min([at] + [costs[x] for x in xs if x > s])
-
-
-@torch.inference_mode()
-def prefill_ms(model, ids: list[int], reps: int = 3) -> float:
-    """Median milliseconds of the first pass over a prompt (as plain greedy pays it)."""
-    x = torch.tensor([ids])
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        model(x, use_cache=True, logits_to_keep=1)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def main() -> None:
