@@ -13,16 +13,20 @@ break differently and a speculative run leaves plain decoding's path.
 :func:`invariant_attention` therefore gives every query the call a plain decoding step would
 make for it: ``scaled_dot_product_attention`` over that query alone and exactly the keys it may
 see, gathered in order, without a mask. A plain step (one query, every cached key visible) is
-that call already; in a verify pass, a tree pass, a padded batch or a prefill, query ``i`` of
-row ``b`` gets the same call on the same numbers, so the same result, bit for bit, by
-construction. Which keys a query sees is read once per mask (every layer of a pass shares it):
-a prefix of the cache is a view, anything else (a tree node's ancestors, a padded row) a gather.
+that call already; in a verify pass, a tree pass or a padded batch, query ``i`` of row ``b``
+gets the same call on the same numbers, so the same result, bit for bit, by construction.
+Which keys a query sees is read once per mask (every layer of a pass shares it): a prefix of
+the cache is a view, anything else (a tree node's ancestors, a padded row) a gather.
 
-The cost is one kernel call per query instead of one per pass: nothing for plain decoding, a few
-tens of microseconds per draft token and layer in a verify pass, and for a prefill one call per
-prompt token and layer: on the embedded model, one core, 56 ms more than sdpa on a 130-token
-prompt and 0.32 s more on a 500-token one, still less than float32's prefill
-(docs/results/cpu_kernels.md).
+A prefill (a pass with no cache) is the one pass every decoding of a prompt makes the same way,
+so it needs no per-query calls: each row's prompt gets one causal call over its own tokens
+(after its padding, in a batch), the call a single-row prefill of it makes. That holds only if
+nothing else rides on the prefill: the speculative plugin drafts from the second pass on for
+models with this attention (:func:`prefill_is_one_call`).
+
+The cost is one kernel call per query instead of one per pass in verify passes: nothing for
+plain decoding and a few tens of microseconds per draft token and layer
+(docs/results/cpu_kernels.md has the pass costs).
 tests/test_attention.py checks chains, trees and padded batches against single-token passes.
 """
 
@@ -39,7 +43,9 @@ class _KeyPlan:
     """Which keys each query of a pass sees, read from its mask ``[B or 1, 1, Q, C]``.
 
     ``prefix[b][i]``: the number of leading keys query ``i`` of row ``b`` sees when they are
-    exactly the first ones, else None and ``index[b][i]`` holds their column indices."""
+    exactly the first ones, else None and ``index[b][i]`` holds their column indices.
+    ``prefill[b]``: for a pass with no cache (``Q == C``) in which row ``b`` is its prompt after
+    ``p`` padding columns, each of its tokens seeing the prompt up to itself, that ``p``; else None."""
 
     def __init__(self, mask: torch.Tensor, B: int, C: int):
         self.shape = (B, C)
@@ -57,6 +63,15 @@ class _KeyPlan:
                        for cs, ps in zip(counts.tolist(), is_prefix.tolist())]
         self.index = [[None if p is not None else visible[b, i].nonzero()[:, 0].to(mask.device)
                        for i, p in enumerate(row)] for b, row in enumerate(self.prefix)]
+        self.prefill: list[int | None] = [None] * B
+        Q = visible.shape[1]
+        if Q == C:  # no cache: a row whose valid tokens see each other causally is a (padded) prompt
+            col = torch.arange(C)
+            for b in range(B):
+                p = int((counts[b] == 0).sum())
+                causal = (col[None, :] >= p) & (col[None, :] <= col[:, None]) & (col[:, None] >= p)  # [Q, C]
+                if p < C and bool((visible[b] == causal).all()):
+                    self.prefill[b] = p
 
 
 def _plan(mask: torch.Tensor, B: int, C: int) -> _KeyPlan:
@@ -88,6 +103,14 @@ def invariant_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scaling, enable_gqa=True)
         return out[:, :, 0]
 
+    def prompt(b: int, p: int) -> torch.Tensor:
+        """Row ``b``'s prompt after ``p`` padding columns, with no cache: one causal call over the
+        prompt's own tokens, the call a single-row prefill of it makes -> ``[Q - p, H, D]``."""
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query[b:b + 1, :, p:], key[b:b + 1, :, p:], value[b:b + 1, :, p:], is_causal=True, scale=scaling,
+            enable_gqa=True)
+        return out[0].transpose(0, 1)
+
     B, H, Q, D = query.shape
     C = key.shape[2]
     if attention_mask is None and Q == 1:  # a plain step: every cached key is visible
@@ -95,11 +118,18 @@ def invariant_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
     if attention_mask is None:
         if not (is_causal if is_causal is not None else getattr(module, "is_causal", True)):
             raise NotImplementedError(f"{NAME} attention is for causal models")
+        if Q == C:  # prefill of unpadded prompts: one call per row
+            return torch.stack([prompt(b, 0) for b in range(B)]), None
         # causal: query i sees the keys up to its own position, C - Q + i
         rows = [attend(query[:, :, i:i + 1], key[:, :, :C - Q + i + 1], value[:, :, :C - Q + i + 1])
                 for i in range(Q)]
         return torch.stack(rows, dim=1), None  # [B, Q, H, D]
     plan = _plan(attention_mask, B, C)
+    if all(p is not None for p in plan.prefill):  # prefill of padded prompts: one call per row
+        out = query.new_zeros(B, Q, H, D)  # padding queries: zeros
+        for b, p in enumerate(plan.prefill):
+            out[b, p:] = prompt(b, p)
+        return out, None
     rows = []
     for b in range(B):
         for i in range(Q):
@@ -114,6 +144,14 @@ def invariant_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
                 k, v = key[b:b + 1].index_select(2, at), value[b:b + 1].index_select(2, at)
             rows.append(attend(query[b:b + 1, :, i:i + 1], k, v)[0])
     return torch.stack(rows).view(B, Q, H, D), None
+
+
+def prefill_is_one_call(model: torch.nn.Module) -> bool:
+    """Whether ``model`` runs on this attention, whose prefill computes a prompt in one call over
+    the prompt's tokens: a pass that adds draft tokens to the prefill computes the prompt
+    differently from plain decoding's, so no draft may ride on it."""
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) == NAME
 
 
 def register() -> None:

@@ -82,7 +82,8 @@ def random_tokens(n: int, V: int, seed: int) -> list[int]:
 
 
 def stepwise(model, prompt: list[int], tokens: list[int]) -> torch.Tensor:
-    """Logits ``[1 + n, V]`` after ``prompt`` and after each of ``tokens``, one plain pass per token."""
+    """Logits ``[1 + n, V]`` after ``prompt`` (its prefill) and after each of ``tokens``, one plain
+    pass per token."""
     lm = CachedLM(model, batch_size=1)
     out = [lm.forward([prompt])[0, 0]]
     lm.commit([[]])
@@ -98,15 +99,16 @@ def test_bf16_verify_passes_score_exactly_as_plain_steps(tok, arch):
     prompt, chain = random_tokens(150, len(tok), 1), random_tokens(12, len(tok), 2)
     plain = stepwise(model, prompt, chain)  # [13, V]
     lm = CachedLM(model, batch_size=1)
-    lm.forward([prompt[:-1]])
+    assert torch.equal(lm.forward([prompt])[0, 0], plain[0])
     lm.commit([[]])
-    assert torch.equal(lm.forward([prompt[-1:]], [Draft.chain(chain)])[0], plain)  # one pass over the chain
+    # one pass over the chain: its first token pending, the rest a draft
+    assert torch.equal(lm.forward([chain[:1]], [Draft.chain(chain[1:])])[0], plain[1:])
     lm.commit([[]])
-    lm.rollback([len(prompt) - 1])  # back to before the chain's pass
+    lm.rollback([len(prompt)])  # back to before the chain's pass
     other = [(t + 1) % len(tok) or 3 for t in chain]
-    tree = lm.forward([prompt[-1:]], [Draft([chain[0], other[0], chain[1], other[1], chain[2]],
-                                            [-1, -1, 0, 0, 2])])[0]  # siblings in between
-    assert torch.equal(tree[[0, 1, 3, 5]], plain[:4])
+    tree = lm.forward([chain[:1]], [Draft([chain[1], other[1], chain[2], other[2], chain[3]],
+                                          [-1, -1, 0, 0, 2])])[0]  # siblings in between
+    assert torch.equal(tree[[0, 1, 3, 5]], plain[1:5])
 
 
 def test_bf16_padded_batch_rows_score_as_single_rows(tok):
@@ -114,11 +116,30 @@ def test_bf16_padded_batch_rows_score_as_single_rows(tok):
     prompts = [random_tokens(150, len(tok), 3), random_tokens(40, len(tok), 4)]
     chains = [random_tokens(6, len(tok), 5), random_tokens(3, len(tok), 6)]
     lm = CachedLM(model, batch_size=2)
-    lm.forward([p[:-1] for p in prompts])  # the second row is left-padded by 110 columns
+    prefill = lm.forward(prompts)  # the second row is left-padded by 110 columns
     lm.commit([[], []])
-    batch = lm.forward([p[-1:] for p in prompts], [Draft.chain(c) for c in chains])  # [2, 7, V]
+    batch = lm.forward([c[:1] for c in chains], [Draft.chain(c[1:]) for c in chains])  # [2, 6, V]
     for b in range(2):
-        assert torch.equal(batch[b, :1 + len(chains[b])], stepwise(model, prompts[b], chains[b]))
+        alone = stepwise(model, prompts[b], chains[b])
+        assert torch.equal(prefill[b, 0], alone[0])
+        assert torch.equal(batch[b, :len(chains[b])], alone[1:])
+
+
+def test_a_prefill_is_one_call_per_prompt(tok, monkeypatch):
+    """A prefill gives each row's prompt one causal call over its own tokens, padded or not."""
+    model = bf16_model("llama", tok)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(q, k, v, **kw):
+        calls.append((q.shape[2], k.shape[2], kw.get("is_causal", False)))
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    CachedLM(model, batch_size=2).forward([random_tokens(9, len(tok), 7), random_tokens(5, len(tok), 8)])
+    assert calls == [(9, 9, True), (5, 5, True)] * model.config.num_hidden_layers
+    assert invariant_attention.prefill_is_one_call(model)
+    assert not invariant_attention.prefill_is_one_call(tiny_model("llama", tok))
 
 
 def test_invariant_attention_matches_sdpa_and_sees_no_nan():

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from decodekit import invariant_attention
 from decodekit.builtins.greedy import Greedy
 from decodekit.generation import Generation
 from decodekit.hookspecs import hookimpl
@@ -101,6 +102,7 @@ class Speculative:
         self.target = pipeline.model
         self.vocab_size = int(self.target.get_output_embeddings().weight.shape[0])
         self.pad_token_id = pipeline.pad_token_id
+        self.prefill_alone = invariant_attention.prefill_is_one_call(self.target)
         self.costs = CostModel(o.verify_costs)
         self.ledger = DraftLedger()  # measured costs only: what drafting gained or lost so far
         self.matrix: AdjacencyMatrix | None = None
@@ -189,18 +191,22 @@ class Speculative:
             return None
         active = [b for b in range(B) if not gen.done[b]]
         cost = self._cost_fn(st, len(active))
+        # rows that draft: none on the prefill of a model whose prefill is one call over the prompt
+        # (bfloat16 on a CPU, decodekit/invariant_attention.py): a draft riding on it would change
+        # how the prompt is computed, and with it the tokens
+        drafting = [] if st.step == 0 and self.prefill_alone else active
         proposer = self.options.proposer
         if proposer == "prompt_lookup":
-            self._propose_lookup(gen, st, active, cost)
+            self._propose_lookup(gen, st, drafting, cost)
         elif proposer == "token_recycling":
-            self._propose_recycling(gen, st, active, cost)
+            self._propose_recycling(gen, st, drafting, cost)
         elif proposer == "aded":
-            st.drafts, st.info = self.aded.propose(gen, active, cost, self.options.max_draft_tokens,
+            st.drafts, st.info = self.aded.propose(gen, drafting, cost, self.options.max_draft_tokens,
                                                    self.options.adaptive)
         elif proposer == "heads":
-            st.drafts, st.info = self.heads.propose(gen, active, cost)
+            st.drafts, st.info = self.heads.propose(gen, drafting, cost)
         else:
-            self._propose_model(gen, st, active, cost)
+            self._propose_model(gen, st, drafting, cost)
         st.active = active
         st.width = 1 + max((len(d) for d in st.drafts if d is not None), default=0)
         st.started = time.perf_counter()

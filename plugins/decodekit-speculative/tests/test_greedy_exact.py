@@ -74,3 +74,29 @@ def test_batch_equals_one_by_one(tok, proposer):
     pipe = speculative(target, tok, DECODING, proposer, draft=draft, extra=plugins(),
                        verify_costs=FLAT, draft_threshold=0.0)
     assert_batch_equals_singles(pipe, PROMPTS[:6])
+
+
+def test_no_draft_rides_on_a_bfloat16_prefill(tok):
+    """In bfloat16 on a CPU the prompt's prefill is one attention call over the prompt
+    (decodekit/invariant_attention.py): drafting starts with the second pass, so the prompt is
+    computed as plain decoding computes it and the tokens stay plain greedy's."""
+    import torch
+
+    from decodekit.attention import use_cpu_attention
+
+    model = tiny_model("llama", tok).to(torch.bfloat16)
+    assert use_cpu_attention(model) == "decodekit_invariant"
+    widths = []
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        widths.append(kwargs["input_ids"].shape[1])
+        return forward(*args, **kwargs)
+
+    prompt = "abc abc abc abc abc abc"  # lookup finds a draft before the first pass
+    plain = Pipeline(model, tokenizer=tok, decoding=DECODING).generate(prompt).token_ids
+    model.forward = spy
+    got = speculative(model, tok, DECODING, "prompt_lookup", verify_costs=FLAT).generate(prompt)
+    assert got.token_ids == plain
+    assert widths[0] == len(tok(prompt)["input_ids"])  # the prefill: the prompt alone
+    assert max(widths[1:]) > 1 and got.stats.drafted_tokens > 0
