@@ -10,24 +10,31 @@ difference in one layer's attention grows, layer after layer, into logits that d
 any near-tie (tests/test_attention.py sees it with sdpa on small random models). Greedy ties then
 break differently and a speculative run leaves plain decoding's path.
 
-:func:`invariant_attention` therefore gives every query the call a plain decoding step would
-make for it: ``scaled_dot_product_attention`` over that query alone and exactly the keys it may
-see, gathered in order, without a mask. A plain step (one query, every cached key visible) is
-that call already; in a verify pass, a tree pass or a padded batch, query ``i`` of row ``b``
-gets the same call on the same numbers, so the same result, bit for bit, by construction.
-Which keys a query sees is read once per mask (every layer of a pass shares it): a prefix of
-the cache is a view, anything else (a tree node's ancestors, a padded row) a gather.
+:func:`invariant_attention` therefore computes every query by itself: from its own vector and
+exactly the keys it may see, in order, the same way wherever it is. In a verify pass, a tree
+pass or a padded batch, query ``i`` of row ``b`` gets the numbers and the arithmetic a plain
+step gives it, so the same result, bit for bit, by construction. Two ways do it:
+
+* decodekit's kernel (:mod:`decodekit.native`, bfloat16 with head sizes 32 to 128 on a CPU with
+  AVX-512 BF16): one call per layer and pass; each query's sums run over its own keys, read by
+  column number, in an order that depends on nothing else in the call;
+* elsewhere (float16, other head sizes, no compiler): one torch ``scaled_dot_product_attention``
+  call per query, over that query alone and its keys gathered in order, without a mask: a
+  plain step's call.
+
+Which keys a query sees is read once per mask (every layer of a pass shares it).
 
 A prefill (a pass with no cache) is the one pass every decoding of a prompt makes the same way,
-so it needs no per-query calls: each row's prompt gets one causal call over its own tokens
-(after its padding, in a batch), the call a single-row prefill of it makes. That holds only if
-nothing else rides on the prefill: the speculative plugin drafts from the second pass on for
-models with this attention (:func:`prefill_is_one_call`).
+so it needs neither: each row's prompt gets one causal sdpa call over its own tokens (after its
+padding, in a batch), the call a single-row prefill of it makes. That holds only if nothing
+else rides on the prefill: the speculative plugin drafts from the second pass on for models
+with this attention (:func:`prefill_is_one_call`).
 
-The cost is one kernel call per query instead of one per pass in verify passes: nothing for
-plain decoding and a few tens of microseconds per draft token and layer
-(docs/results/cpu_kernels.md has the pass costs).
-tests/test_attention.py checks chains, trees and padded batches against single-token passes.
+Costs on the embedded model, one core (docs/results/cpu_kernels.md): a verify pass over 4 / 8 /
+16 new tokens costs about 1.04 / 1.1 / 1.25 plain passes with the kernel (1.1 / 1.2 / 1.4 with
+one sdpa call per query), a plain step about what sdpa's costs, and a prefill what sdpa's costs.
+tests/test_attention.py checks chains, trees and padded batches against single-token passes,
+both ways; tests/test_native.py the kernel itself.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from decodekit import native
 
 NAME = "decodekit_invariant"
 
@@ -56,15 +65,25 @@ class _KeyPlan:
             visible = mask[:, 0] > torch.finfo(mask.dtype).min / 2
             if not bool(((mask[:, 0] == 0) | ~visible).all()):
                 raise NotImplementedError(f"{NAME} attention takes masks of 0 / -inf only, not additive biases")
-        visible = visible.expand(B, -1, -1).cpu()
+        visible = visible.expand(B, -1, -1).cpu()                             # [B, Q, C]
+        Q = visible.shape[1]
         counts = visible.sum(-1)                                              # [B, Q]
         is_prefix = (visible == (torch.arange(C) < counts[..., None])).all(-1)  # [B, Q]
         self.prefix = [[int(n) if p else None for n, p in zip(cs, ps)]
                        for cs, ps in zip(counts.tolist(), is_prefix.tolist())]
         self.index = [[None if p is not None else visible[b, i].nonzero()[:, 0].to(mask.device)
                        for i, p in enumerate(row)] for b, row in enumerate(self.prefix)]
+        # the same, for decodekit's kernel (native.py): keys seen per query, and which, when not a prefix
+        self.counts = counts.to(torch.int32).contiguous()                            # [B, Q]
+        self.most = max(int(counts.max()), 1)
+        self.cols = None
+        if any(p is None for row in self.prefix for p in row):
+            self.cols = torch.zeros(B, Q, self.most, dtype=torch.int32)               # [B, Q, most]
+            for b in range(B):
+                for i in range(Q):
+                    n = int(counts[b, i])
+                    self.cols[b, i, :n] = torch.arange(n) if self.prefix[b][i] is not None else self.index[b][i].cpu()
         self.prefill: list[int | None] = [None] * B
-        Q = visible.shape[1]
         if Q == C:  # no cache: a row whose valid tokens see each other causally is a (padded) prompt
             col = torch.arange(C)
             for b in range(B):
@@ -113,13 +132,18 @@ def invariant_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
 
     B, H, Q, D = query.shape
     C = key.shape[2]
-    if attention_mask is None and Q == 1:  # a plain step: every cached key is visible
-        return attend(query, key, value)[:, None], None
+    kernel = native.supports(query, key)  # one call for the whole pass, each query computed alone
+    scale = scaling if scaling is not None else D ** -0.5
     if attention_mask is None:
-        if not (is_causal if is_causal is not None else getattr(module, "is_causal", True)):
+        if Q > 1 and not (is_causal if is_causal is not None else getattr(module, "is_causal", True)):
             raise NotImplementedError(f"{NAME} attention is for causal models")
-        if Q == C:  # prefill of unpadded prompts: one call per row
+        if Q > 1 and Q == C:  # prefill of unpadded prompts: one call per row
             return torch.stack([prompt(b, 0) for b in range(B)]), None
+        # a plain step (Q == 1) or a chain: query i sees the keys up to its own position, C - Q + i
+        if kernel and value.stride(-1) == 1:
+            return native.attention(query, key, value, native.causal_counts(B, Q, C), None, C, scale), None
+        if Q == 1:
+            return attend(query, key, value)[:, None], None
         # causal: query i sees the keys up to its own position, C - Q + i
         rows = [attend(query[:, :, i:i + 1], key[:, :, :C - Q + i + 1], value[:, :, :C - Q + i + 1])
                 for i in range(Q)]
@@ -130,6 +154,8 @@ def invariant_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
         for b, p in enumerate(plan.prefill):
             out[b, p:] = prompt(b, p)
         return out, None
+    if kernel and value.stride(-1) == 1:
+        return native.attention(query, key, value, plan.counts, plan.cols, plan.most, scale), None
     rows = []
     for b in range(B):
         for i in range(Q):

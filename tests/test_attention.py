@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers.integrations.sdpa_attention as hf_sdpa
-from decodekit import invariant_attention
+from decodekit import invariant_attention, native
 from decodekit.attention import NAME, use_cpu_attention, use_cpu_gqa
 from decodekit.kv import CachedLM
 from decodekit.testing import tiny_model
@@ -81,6 +81,17 @@ def random_tokens(n: int, V: int, seed: int) -> list[int]:
     return torch.randint(3, V, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
+@pytest.fixture(params=["kernel", "torch"])
+def bf16_path(request, monkeypatch):
+    """Both ways a bfloat16 pass is computed: decodekit's kernel (native.py), and torch's sdpa one
+    query at a time where the kernel is not built."""
+    if request.param == "torch":
+        monkeypatch.setattr(native, "supports", lambda query, key: False)
+    elif native.kernel() is None:
+        pytest.skip("no AVX-512 BF16 kernel on this machine")
+    return request.param
+
+
 def stepwise(model, prompt: list[int], tokens: list[int]) -> torch.Tensor:
     """Logits ``[1 + n, V]`` after ``prompt`` (its prefill) and after each of ``tokens``, one plain
     pass per token."""
@@ -94,7 +105,7 @@ def stepwise(model, prompt: list[int], tokens: list[int]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
-def test_bf16_verify_passes_score_exactly_as_plain_steps(tok, arch):
+def test_bf16_verify_passes_score_exactly_as_plain_steps(tok, arch, bf16_path):
     model = bf16_model(arch, tok)
     prompt, chain = random_tokens(150, len(tok), 1), random_tokens(12, len(tok), 2)
     plain = stepwise(model, prompt, chain)  # [13, V]
@@ -111,7 +122,7 @@ def test_bf16_verify_passes_score_exactly_as_plain_steps(tok, arch):
     assert torch.equal(tree[[0, 1, 3, 5]], plain[1:5])
 
 
-def test_bf16_padded_batch_rows_score_as_single_rows(tok):
+def test_bf16_padded_batch_rows_score_as_single_rows(tok, bf16_path):
     model = bf16_model("qwen2", tok)
     prompts = [random_tokens(150, len(tok), 3), random_tokens(40, len(tok), 4)]
     chains = [random_tokens(6, len(tok), 5), random_tokens(3, len(tok), 6)]

@@ -1,0 +1,87 @@
+"""decodekit's bfloat16 attention kernel (decodekit/attention_bf16.c through native.py): close
+to exact attention, and each query's result is a function of that query and its keys alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from decodekit import native
+
+needs_kernel = pytest.mark.skipif(native.kernel() is None, reason="no AVX-512 BF16 kernel on this machine")
+
+
+def reference(q, k, v, counts, cols):
+    """Float64 attention: query i of row b over its keys (``cols[b, i, :n]`` or the first n)."""
+    B, H, Q, D = q.shape
+    out = torch.zeros(B, Q, H, D, dtype=torch.float64)
+    for b in range(B):
+        for i in range(Q):
+            n = int(counts[b, i])
+            if n == 0:
+                continue
+            at = cols[b, i, :n].long() if cols is not None else torch.arange(n)
+            kk = k[b, :, at].double().repeat_interleave(H // k.shape[1], 0)  # [H, n, D]
+            vv = v[b, :, at].double().repeat_interleave(H // k.shape[1], 0)
+            w = (q[b, :, i, None].double() @ kk.transpose(1, 2) / D ** 0.5).softmax(-1)  # [H, 1, n]
+            out[b, i] = (w @ vv)[:, 0]
+    return out
+
+
+def random_pass(B, H, Hkv, Q, C, D, seed, gather):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, Q, D, generator=g).bfloat16()
+    k, v = torch.randn(B, Hkv, C, D, generator=g).bfloat16(), torch.randn(B, Hkv, C, D, generator=g).bfloat16()
+    counts = torch.randint(0, C + 1, (B, Q), generator=g, dtype=torch.int32)
+    cols = None
+    if gather:  # each query sees a random ordered subset of the columns
+        cols = torch.stack([torch.stack([torch.randperm(C, generator=g)[:C].sort().values for _ in range(Q)])
+                            for _ in range(B)]).int().contiguous()
+    return q, k, v, counts, cols
+
+
+@needs_kernel
+@pytest.mark.parametrize("D", [32, 64, 128])
+@pytest.mark.parametrize("H,Hkv", [(4, 4), (6, 2), (9, 3), (8, 1)])
+@pytest.mark.parametrize("C,gather", [(1, False), (37, True), (600, False)])
+def test_kernel_is_attention(D, H, Hkv, C, gather):
+    q, k, v, counts, cols = random_pass(2, H, Hkv, 3, C, D, seed=D + H + C, gather=gather)
+    out = native.attention(q, k, v, counts, cols, C, D ** -0.5)  # [B, Q, H, D]
+    torch.testing.assert_close(out.double(), reference(q, k, v, counts, cols), atol=2e-2, rtol=2e-2)
+    assert not out.isnan().any()
+    assert torch.equal(out[counts == 0], torch.zeros_like(out[counts == 0]))  # sees nothing: zeros
+
+
+@needs_kernel
+def test_a_query_gets_the_same_bits_alone_and_in_any_pass():
+    """The same query over the same keys: alone with its own keys, in a pass of other queries
+    with a longer cache, and reading its keys by column numbers from a shuffled cache."""
+    q, k, v, _, _ = random_pass(1, 9, 3, 5, 300, 64, seed=1, gather=False)
+    counts = torch.tensor([[296, 297, 298, 299, 300]], dtype=torch.int32)
+    together = native.attention(q, k, v, counts, None, 300, 0.125)  # [1, 5, 9, 64]
+    perm = torch.randperm(300, generator=torch.Generator().manual_seed(2))
+    where = torch.empty_like(perm)
+    where[perm] = torch.arange(300)                                   # column of key j in the shuffle
+    ks, vs = k[:, :, perm].contiguous(), v[:, :, perm].contiguous()  # key j now at column where[j]
+    for i, n in enumerate(counts[0].tolist()):
+        alone = native.attention(q[:, :, i:i + 1].contiguous(), k[:, :, :n].contiguous(), v[:, :, :n].contiguous(),
+                                 torch.tensor([[n]], dtype=torch.int32), None, n, 0.125)
+        assert torch.equal(alone[0, 0], together[0, i])
+        cols = where[:n].int()[None, None].contiguous()
+        shuffled = native.attention(q[:, :, i:i + 1].contiguous(), ks, vs, torch.tensor([[n]], dtype=torch.int32),
+                                    cols, n, 0.125)
+        assert torch.equal(shuffled[0, 0], together[0, i])
+
+
+def test_no_compiler_means_no_kernel(tmp_path, monkeypatch):
+    """Without a C compiler decodekit keeps torch's attention (invariant_attention.py) and says why
+    in its log; nothing fails."""
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("DECODEKIT_CACHE", str(tmp_path))
+    native.kernel.cache_clear()
+    try:
+        assert native.kernel() is None
+        assert not native.supports(torch.zeros(1, 4, 1, 64, dtype=torch.bfloat16),
+                                   torch.zeros(1, 4, 1, 64, dtype=torch.bfloat16))
+    finally:
+        native.kernel.cache_clear()
