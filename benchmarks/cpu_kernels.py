@@ -4,8 +4,9 @@ Speculative decoding pays one target pass over ``s = 1 + N`` new tokens per step
 ``cost(s) / cost(1)`` decides whether a draft of ``N`` tokens can pay at all. This times, on the
 embedded model (float32, and bfloat16 with oneDNN where the CPU has native bfloat16) after a
 cached context of ``--context`` tokens, a forward pass over ``s`` new tokens for each setup, side
-by side in one process (interleaved, median of ``--reps``), and plain greedy decoding with
-decodekit and with HF ``generate`` on each model.
+by side in one process (interleaved, median of ``--reps``), bfloat16 also without decodekit's
+attention kernel (``DECODEKIT_NATIVE=0``); the prefill of a short and a long prompt; and plain
+greedy decoding with decodekit and with HF ``generate`` on each model.
 Writes docs/results/cpu_kernels.md.
 
     python benchmarks/cpu_kernels.py [--reps 9] [--context 200] [--new-tokens 64]
@@ -14,9 +15,11 @@ Writes docs/results/cpu_kernels.md.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -24,9 +27,30 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write_result  # noqa: E402
 
-from decodekit import Pipeline, onednn  # noqa: E402
+from decodekit import Pipeline, native, onednn  # noqa: E402
 
 WIDTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+NO_KERNEL = "onednn bf16, no kernel"  # bfloat16 as it runs where decodekit's kernel is not built
+
+
+@contextmanager
+def kernel_off(off: bool):
+    """While ``off``: decodekit's bfloat16 attention without its compiled kernel
+    (``DECODEKIT_NATIVE=0``: one torch sdpa call per query), as on a CPU without AVX-512 BF16."""
+    if not off:
+        yield
+        return
+    saved = os.environ.get("DECODEKIT_NATIVE")
+    os.environ["DECODEKIT_NATIVE"] = "0"
+    native.kernel.cache_clear()
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["DECODEKIT_NATIVE"]
+        else:
+            os.environ["DECODEKIT_NATIVE"] = saved
+        native.kernel.cache_clear()
 PREFILLS = (130, 500)  # prompt lengths whose prefill (a pass over the prompt, no cache) is timed
 PROMPTS = ["What are some good habits for staying productive when working from home?",
            "Tell me a short story about a lighthouse keeper and a seagull."]
@@ -86,17 +110,22 @@ def main() -> None:
                          cpu_kernels=kernels) for k, (dtype, kernels) in setups.items()}
     for p in pipes.values():
         p.model.generation_config.pad_token_id = p.pad_token_id
+    # pass columns: each setup, and bfloat16 once more without decodekit's attention kernel
+    columns = kinds + ((NO_KERNEL,) if "onednn bf16" in kinds and native.kernel() is not None else ())
+    model_of = {**{k: pipes[k].model for k in kinds}, NO_KERNEL: pipes.get("onednn bf16", pipes["onednn"]).model}
     context = torch.randint(100, 20000, (1, args.context), generator=torch.Generator().manual_seed(0))
-    times = {(k, s): [] for k in kinds for s in WIDTHS}
-    for k in kinds:  # warm-up
-        pass_ms(pipes[k].model, context, 4)
+    times = {(k, s): [] for k in columns for s in WIDTHS}
+    for k in columns:  # warm-up
+        with kernel_off(k == NO_KERNEL):
+            pass_ms(model_of[k], context, 4)
     for _ in range(args.reps):
         for s in WIDTHS:
-            for k in kinds:
-                times[k, s].append(pass_ms(pipes[k].model, context, s))
+            for k in columns:
+                with kernel_off(k == NO_KERNEL):
+                    times[k, s].append(pass_ms(model_of[k], context, s))
     med = {key: statistics.median(v) for key, v in times.items()}
     for s in WIDTHS:
-        print(f"s={s:3d}  " + "  ".join(f"{k} {med[k, s]:7.1f} ms" for k in kinds), flush=True)
+        print(f"s={s:3d}  " + "  ".join(f"{k} {med[k, s]:7.1f} ms" for k in columns), flush=True)
 
     # prefill: what a prompt costs before the first token (bfloat16 also with transformers' sdpa
     # attention instead of the pass-invariant one, to show what the invariance costs there)
@@ -146,22 +175,25 @@ def main() -> None:
         "linear kernels (MKL sgemm) and with `cpu_kernels: onednn` (decodekit/onednn.py: oneDNN with weights "
         "packed once)"
         + (", and with `cpu_kernels: onednn` on the model in bfloat16 (`dtype: bfloat16`; it attends "
-           "with decodekit/invariant_attention.py, a plain step's own attention call per query)"
+           "with decodekit/invariant_attention.py, every query computed as a plain step computes it: "
+           "decodekit's compiled kernel, one call per pass"
+           + (f"; \"{NO_KERNEL}\" is the same without that kernel, one torch sdpa call per query, as where "
+              "it is not built" if NO_KERNEL in columns else "") + ")"
            if "onednn bf16" in kinds else "")
         + ". The ratio is the pass's cost in plain passes of the same setup: what a speculative "
         "draft of *s - 1* tokens must earn back.",
         "",
-        "| new tokens *s* | " + " | ".join(f"{k} (ms) | ratio" for k in kinds) + " |",
-        "| ---: | " + " | ".join("---: | ---:" for _ in kinds) + " |",
+        "| new tokens *s* | " + " | ".join(f"{k} (ms) | ratio" for k in columns) + " |",
+        "| ---: | " + " | ".join("---: | ---:" for _ in columns) + " |",
     ]
     for s in WIDTHS:
-        lines.append(f"| {s} | " + " | ".join(f"{med[k, s]:.1f} | {med[k, s] / med[k, 1]:.2f}" for k in kinds) + " |")
+        lines.append(f"| {s} | " + " | ".join(f"{med[k, s]:.1f} | {med[k, s] / med[k, 1]:.2f}" for k in columns) + " |")
     lines += [
         "",
         "Prefill: one pass over a prompt of random tokens with an empty cache, median of 3 (ms)"
         + ("; \"onednn bf16, sdpa\" is the bfloat16 model with transformers' sdpa attention instead of "
-           "decodekit's pass-invariant one (which makes one attention call per prompt token and layer), "
-           "what the invariance costs" if "onednn bf16" in kinds else "") + ":",
+           "decodekit's (whose prefill is one causal sdpa call per prompt as well)" if "onednn bf16" in kinds else "")
+        + ":",
         "",
         "| setup | " + " | ".join(f"{n} tokens" for n in PREFILLS) + " |",
         "| --- | " + " | ".join("---:" for _ in PREFILLS) + " |",

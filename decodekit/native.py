@@ -4,8 +4,9 @@ It is compiled at first use with the machine's C compiler (``$CC``, else ``cc``)
 ``-march=native``, into the cache (``DECODEKIT_CACHE``, default ``~/.cache/decodekit``), under a
 name that hashes the source, the flags and the CPU's feature flags, so a cache shared between
 machines never hands one CPU another's build. Compiling takes about a second; later loads
-reuse the file. Where there is no compiler, or the CPU lacks AVX-512 with BF16, :func:`kernel`
-returns None and decodekit uses torch's attention instead (decodekit/invariant_attention.py).
+reuse the file. Where there is no compiler, or the CPU lacks AVX-512 with BF16, or
+``DECODEKIT_NATIVE=0`` is set, :func:`kernel` returns None and decodekit uses torch's attention
+instead (decodekit/invariant_attention.py), exact too but slower in multi-token passes.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def kernel():
     """The ctypes function ``decodekit_attention_bf16``, or None where it cannot be built."""
     from decodekit.models import cache_dir
 
+    if os.environ.get("DECODEKIT_NATIVE", "1") == "0":
+        return None
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return None
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + _cpu_flags().encode()).hexdigest()[:16]

@@ -85,3 +85,12 @@ def test_no_compiler_means_no_kernel(tmp_path, monkeypatch):
                                    torch.zeros(1, 4, 1, 64, dtype=torch.bfloat16))
     finally:
         native.kernel.cache_clear()
+
+
+def test_decodekit_native_0_turns_the_kernel_off(monkeypatch):
+    monkeypatch.setenv("DECODEKIT_NATIVE", "0")
+    native.kernel.cache_clear()
+    try:
+        assert native.kernel() is None
+    finally:
+        native.kernel.cache_clear()
