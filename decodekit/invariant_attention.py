@@ -31,8 +31,8 @@ else rides on the prefill: the speculative plugin drafts from the second pass on
 with this attention (:func:`prefill_is_one_call`).
 
 Costs on the embedded model, one core (docs/results/cpu_kernels.md): a verify pass over 4 / 8 /
-16 new tokens costs about 1.04 / 1.1 / 1.25 plain passes with the kernel (1.1 / 1.2 / 1.4 with
-one sdpa call per query), a plain step about what sdpa's costs, and a prefill what sdpa's costs.
+16 new tokens costs 1.07 / 1.12 / 1.26 plain passes with the kernel (1.11 / 1.19 / 1.37 with one
+sdpa call per query); a plain step and a prefill cost what they cost with sdpa.
 tests/test_attention.py checks chains, trees and padded batches against single-token passes,
 both ways; tests/test_native.py the kernel itself.
 """
@@ -73,16 +73,17 @@ class _KeyPlan:
                        for cs, ps in zip(counts.tolist(), is_prefix.tolist())]
         self.index = [[None if p is not None else visible[b, i].nonzero()[:, 0].to(mask.device)
                        for i, p in enumerate(row)] for b, row in enumerate(self.prefix)]
-        # the same, for decodekit's kernel (native.py): keys seen per query, and which, when not a prefix
+        # the same for decodekit's kernel (native.py): how many keys each query sees and, unless
+        # they are the first ones for every query, their columns
         self.counts = counts.to(torch.int32).contiguous()                            # [B, Q]
         self.most = max(int(counts.max()), 1)
         self.cols = None
-        if any(p is None for row in self.prefix for p in row):
+        if not bool(is_prefix.all()):
             self.cols = torch.zeros(B, Q, self.most, dtype=torch.int32)               # [B, Q, most]
             for b in range(B):
                 for i in range(Q):
-                    n = int(counts[b, i])
-                    self.cols[b, i, :n] = torch.arange(n) if self.prefix[b][i] is not None else self.index[b][i].cpu()
+                    at = visible[b, i].nonzero()[:, 0]
+                    self.cols[b, i, :at.numel()] = at
         self.prefill: list[int | None] = [None] * B
         if Q == C:  # no cache: a row whose valid tokens see each other causally is a (padded) prompt
             col = torch.arange(C)
@@ -132,7 +133,7 @@ def invariant_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
 
     B, H, Q, D = query.shape
     C = key.shape[2]
-    kernel = native.supports(query, key)  # one call for the whole pass, each query computed alone
+    kernel = native.supports(query, key, value)  # one call for the whole pass, each query computed alone
     scale = scaling if scaling is not None else D ** -0.5
     if attention_mask is None:
         if Q > 1 and not (is_causal if is_causal is not None else getattr(module, "is_causal", True)):
@@ -140,7 +141,7 @@ def invariant_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
         if Q > 1 and Q == C:  # prefill of unpadded prompts: one call per row
             return torch.stack([prompt(b, 0) for b in range(B)]), None
         # a plain step (Q == 1) or a chain: query i sees the keys up to its own position, C - Q + i
-        if kernel and value.stride(-1) == 1:
+        if kernel:
             return native.attention(query, key, value, native.causal_counts(B, Q, C), None, C, scale), None
         if Q == 1:
             return attend(query, key, value)[:, None], None
@@ -154,7 +155,7 @@ def invariant_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
         for b, p in enumerate(plan.prefill):
             out[b, p:] = prompt(b, p)
         return out, None
-    if kernel and value.stride(-1) == 1:
+    if kernel:
         return native.attention(query, key, value, plan.counts, plan.cols, plan.most, scale), None
     rows = []
     for b in range(B):

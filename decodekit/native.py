@@ -91,12 +91,12 @@ def kernel():
     return fn
 
 
-def supports(query: torch.Tensor, key: torch.Tensor) -> bool:
-    """Whether the kernel takes this pass: bfloat16 on the CPU, head size 32 / 64 / 96 / 128,
-    and it is built."""
+def supports(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
+    """Whether the kernel takes this pass: bfloat16 on the CPU, head size 32 / 64 / 96 / 128, each
+    head's vectors contiguous, and it is built."""
     D = query.shape[-1]
     return (query.dtype == torch.bfloat16 and query.device.type == "cpu" and D % 32 == 0 and D <= 128
-            and query.shape[1] % key.shape[1] == 0 and query.stride(-1) == key.stride(-1) == 1
+            and query.shape[1] % key.shape[1] == 0 and query.stride(-1) == key.stride(-1) == value.stride(-1) == 1
             and kernel() is not None)
 
 

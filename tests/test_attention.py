@@ -86,7 +86,7 @@ def bf16_path(request, monkeypatch):
     """Both ways a bfloat16 pass is computed: decodekit's kernel (native.py), and torch's sdpa one
     query at a time where the kernel is not built."""
     if request.param == "torch":
-        monkeypatch.setattr(native, "supports", lambda query, key: False)
+        monkeypatch.setattr(native, "supports", lambda query, key, value: False)
     elif native.kernel() is None:
         pytest.skip("no AVX-512 BF16 kernel on this machine")
     return request.param
