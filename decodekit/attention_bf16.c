@@ -1,9 +1,9 @@
 /* bfloat16 attention on a CPU whose result for a query depends on nothing but that query.
  *
  * Used by decodekit/invariant_attention.py through ctypes (compiled at first use by
- * decodekit/native.py with -march=native). A query sees `n` keys, given as column numbers
+ * decodekit/native.py with -O3 -march=native). A query sees `n` keys, given as column numbers
  * (or the first `n` columns); its output is computed from its own vector and those keys, in
- * their order, by the same instructions whatever else the call holds: alone in a plain step,
+ * their order, by the same arithmetic whatever else the call holds: alone in a plain step,
  * among a draft's tokens in a verify pass, in a padded batch. So a position gets the same
  * bits in all of them, which speculative decoding's exactness needs (torch's CPU kernels
  * order their sums by the shape of the whole call). One call serves every query of a pass,
@@ -45,6 +45,33 @@ static inline __m512 exp_nonpositive(__m512 x) {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
     __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
     return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+/* acc[h][t] = sum over key pairs (j, j+1), in order, of dpbf16(pairs of v_j, v_j+1 at 16 d's, the
+ * pair's bfloat16 weights for head h); `vecs` = D / 16 */
+static inline __attribute__((always_inline)) void output_sums(
+        __m512 acc[HEADS_AT_ONCE][8], const uint16_t *vg, int64_t vsC, const int32_t *c, int64_t n,
+        int64_t hn, const int64_t vecs, const uint16_t *weights, int64_t stride_s) {
+    for (int64_t h = 0; h < hn; h++)
+        for (int64_t t = 0; t < vecs; t++) acc[h][t] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; j += 2) {
+        const int has_next = j + 1 < n;  /* a last odd key pairs with zeros (and a zero weight) */
+        const uint16_t *v0 = vg + (c ? c[j] : j) * vsC;
+        const uint16_t *v1 = has_next ? vg + (c ? c[j + 1] : j + 1) * vsC : v0;
+        __m512i pairs[8];
+        for (int64_t t = 0; t < vecs / 2; t++) {
+            const __m512i a = _mm512_loadu_si512((const void *)(v0 + 32 * t));
+            const __m512i z = has_next ? _mm512_loadu_si512((const void *)(v1 + 32 * t)) : _mm512_setzero_si512();
+            pairs[2 * t] = _mm512_unpacklo_epi16(a, z);
+            pairs[2 * t + 1] = _mm512_unpackhi_epi16(a, z);
+        }
+        for (int64_t h = 0; h < hn; h++) {
+            uint32_t wj;
+            memcpy(&wj, weights + h * stride_s + j, 4); /* bf16(w_j), bf16(w_j+1) */
+            const __m512i wp = _mm512_set1_epi32((int)wj);
+            for (int64_t t = 0; t < vecs; t++) acc[h][t] = _mm512_dpbf16_ps(acc[h][t], (__m512bh)pairs[t], (__m512bh)wp);
+        }
+    }
 }
 
 static inline __m512 pair_sum(__m512 a, __m512i lo, __m512i hi, __m512 b) {
@@ -103,13 +130,23 @@ void decodekit_attention_bf16(const uint16_t *q, const uint16_t *k, const uint16
                 for (int64_t j0 = 0; j0 < n; j0 += 16) {
                     const int64_t m = n - j0 < 16 ? n - j0 : 16;
                     __m512 lanes[16];
-                    for (int64_t l = 0; l < 16; l++) {
-                        lanes[l] = _mm512_setzero_ps();
-                        if (l >= m) continue;
-                        const uint16_t *kr = kg + (c ? c[j0 + l] : j0 + l) * ksC;
-                        for (int64_t t = 0; t < halves; t++)
-                            lanes[l] = _mm512_dpbf16_ps(lanes[l], (__m512bh)qv[t],
-                                                        (__m512bh)_mm512_loadu_si512((const void *)(kr + 32 * t)));
+                    if (!c && m == 16) {  /* a full block of consecutive keys */
+                        const uint16_t *kr = kg + j0 * ksC;
+                        for (int64_t l = 0; l < 16; l++, kr += ksC) {
+                            lanes[l] = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)qv[0], (__m512bh)_mm512_loadu_si512((const void *)kr));
+                            for (int64_t t = 1; t < halves; t++)
+                                lanes[l] = _mm512_dpbf16_ps(lanes[l], (__m512bh)qv[t],
+                                                            (__m512bh)_mm512_loadu_si512((const void *)(kr + 32 * t)));
+                        }
+                    } else {
+                        for (int64_t l = 0; l < 16; l++) {
+                            lanes[l] = _mm512_setzero_ps();
+                            if (l >= m) continue;
+                            const uint16_t *kr = kg + (c ? c[j0 + l] : j0 + l) * ksC;
+                            for (int64_t t = 0; t < halves; t++)
+                                lanes[l] = _mm512_dpbf16_ps(lanes[l], (__m512bh)qv[t],
+                                                            (__m512bh)_mm512_loadu_si512((const void *)(kr + 32 * t)));
+                        }
                     }
                     __m512 w8[8], w4[4], w2[2];
                     for (int u = 0; u < 8; u++) w8[u] = pair_sum(lanes[2 * u], T1L, T1H, lanes[2 * u + 1]);
@@ -134,26 +171,10 @@ void decodekit_attention_bf16(const uint16_t *q, const uint16_t *k, const uint16
             }
             /* output sums: keys (j, j+1) interleaved per d, one dpbf16 per pair and 16 d's */
             __m512 acc[HEADS_AT_ONCE][8];
-            for (int64_t h = 0; h < hn; h++)
-                for (int64_t t = 0; t < vecs; t++) acc[h][t] = _mm512_setzero_ps();
-            for (int64_t j = 0; j < n; j += 2) {
-                const int has_next = j + 1 < n;
-                const uint16_t *v0 = vg + (c ? c[j] : j) * vsC;
-                const uint16_t *v1 = has_next ? vg + (c ? c[j + 1] : j + 1) * vsC : v0;
-                __m512i pairs[8];
-                for (int64_t t = 0; t < halves; t++) {
-                    const __m512i a = _mm512_loadu_si512((const void *)(v0 + 32 * t));
-                    const __m512i z = has_next ? _mm512_loadu_si512((const void *)(v1 + 32 * t)) : _mm512_setzero_si512();
-                    pairs[2 * t] = _mm512_unpacklo_epi16(a, z);
-                    pairs[2 * t + 1] = _mm512_unpackhi_epi16(a, z);
-                }
-                for (int64_t h = 0; h < hn; h++) {
-                    uint32_t wj;
-                    memcpy(&wj, weights + h * stride_s + j, 4); /* bf16(w_j), bf16(w_j+1) */
-                    const __m512i wp = _mm512_set1_epi32((int)wj);
-                    for (int64_t t = 0; t < vecs; t++) acc[h][t] = _mm512_dpbf16_ps(acc[h][t], (__m512bh)pairs[t], (__m512bh)wp);
-                }
-            }
+            if (vecs == 4)  /* head size 64: the loop with its sizes known, its sums in registers */
+                output_sums(acc, vg, vsC, c, n, hn, 4, weights, stride_s);
+            else
+                output_sums(acc, vg, vsC, c, n, hn, vecs, weights, stride_s);
             for (int64_t h = 0; h < hn; h++) {
                 uint16_t *o = out + b * osB + i * osQ + (h0 + h) * osH;
                 for (int64_t t = 0; t < halves; t++) {
