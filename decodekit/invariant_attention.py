@@ -31,7 +31,7 @@ else rides on the prefill: the speculative plugin drafts from the second pass on
 with this attention (:func:`prefill_is_one_call`).
 
 Costs on the embedded model, one core (docs/results/cpu_kernels.md): a verify pass over 4 / 8 /
-16 new tokens costs 1.07 / 1.12 / 1.26 plain passes with the kernel (1.11 / 1.19 / 1.37 with one
+16 new tokens costs 1.04 / 1.09 / 1.19 plain passes with the kernel (1.09 / 1.16 / 1.37 with one
 sdpa call per query); a plain step and a prefill cost what they cost with sdpa.
 tests/test_attention.py checks chains, trees and padded batches against single-token passes,
 both ways; tests/test_native.py the kernel itself.
