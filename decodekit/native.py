@@ -45,26 +45,27 @@ def _cpu_flags() -> str:
 
 
 def _build(target: Path) -> bool:
+    """Compile the kernel into ``target``; False (and why, in the log) where that is not possible."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         log.info("no C compiler: decodekit's bfloat16 attention kernel is not built")
         return False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
+    tmp = None
     try:
-        try:
-            done = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
-        except OSError as e:
-            log.info("the C compiler %s does not run (%s): decodekit's bfloat16 attention kernel is not built", cc, e)
-            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        done = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
         if done.returncode != 0:
             log.info("decodekit's bfloat16 attention kernel does not build here:\n%s", done.stderr[-2000:])
             return False
         os.replace(tmp, target)  # atomic: a concurrent build of the same file is harmless
         return True
+    except OSError as e:  # the compiler does not run, or the cache is not writable
+        log.info("decodekit's bfloat16 attention kernel is not built (%s)", e)
+        return False
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
 

@@ -94,3 +94,14 @@ def test_decodekit_native_0_turns_the_kernel_off(monkeypatch):
         assert native.kernel() is None
     finally:
         native.kernel.cache_clear()
+
+
+def test_an_unwritable_cache_means_no_kernel(tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("DECODEKIT_CACHE", str(blocked))  # the kernel's folder cannot be made here
+    native.kernel.cache_clear()
+    try:
+        assert native.kernel() is None
+    finally:
+        native.kernel.cache_clear()
