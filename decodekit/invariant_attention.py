@@ -71,12 +71,11 @@ class _KeyPlan:
         is_prefix = (visible == (torch.arange(C) < counts[..., None])).all(-1)  # [B, Q]
         self.prefix = [[int(n) if p else None for n, p in zip(cs, ps)]
                        for cs, ps in zip(counts.tolist(), is_prefix.tolist())]
-        self.index = [[None if p is not None else visible[b, i].nonzero()[:, 0].to(mask.device)
-                       for i, p in enumerate(row)] for b, row in enumerate(self.prefix)]
         # the same for decodekit's kernel (native.py): how many keys each query sees and, unless
-        # they are the first ones for every query, their columns
+        # they are the first ones for every query, their columns (read once, for both users)
         self.counts = counts.to(torch.int32).contiguous()                            # [B, Q]
         self.most = max(int(counts.max()), 1)
+        self.index: list[list[torch.Tensor | None]] = [[None] * Q for _ in range(B)]
         self.cols = None
         if not bool(is_prefix.all()):
             self.cols = torch.zeros(B, Q, self.most, dtype=torch.int32)               # [B, Q, most]
@@ -84,6 +83,8 @@ class _KeyPlan:
                 for i in range(Q):
                     at = visible[b, i].nonzero()[:, 0]
                     self.cols[b, i, :at.numel()] = at
+                    if self.prefix[b][i] is None:
+                        self.index[b][i] = at.to(mask.device)
         self.prefill: list[int | None] = [None] * B
         if Q == C:  # no cache: a row whose valid tokens see each other causally is a (padded) prompt
             col = torch.arange(C)
@@ -145,7 +146,6 @@ def invariant_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
             return native.attention(query, key, value, native.causal_counts(B, Q, C), None, C, scale), None
         if Q == 1:
             return attend(query, key, value)[:, None], None
-        # causal: query i sees the keys up to its own position, C - Q + i
         rows = [attend(query[:, :, i:i + 1], key[:, :, :C - Q + i + 1], value[:, :, :C - Q + i + 1])
                 for i in range(Q)]
         return torch.stack(rows, dim=1), None  # [B, Q, H, D]
