@@ -34,9 +34,12 @@ def random_pass(B, H, Hkv, Q, C, D, seed, gather):
     k, v = torch.randn(B, Hkv, C, D, generator=g).bfloat16(), torch.randn(B, Hkv, C, D, generator=g).bfloat16()
     counts = torch.randint(0, C + 1, (B, Q), generator=g, dtype=torch.int32)
     cols = None
-    if gather:  # each query sees a random ordered subset of the columns
-        cols = torch.stack([torch.stack([torch.randperm(C, generator=g)[:C].sort().values for _ in range(Q)])
-                            for _ in range(B)]).int().contiguous()
+    if gather:  # each query sees a random ordered subset of the columns, as many as its count
+        cols = torch.zeros(B, Q, C, dtype=torch.int32)
+        for b in range(B):
+            for i in range(Q):
+                n = int(counts[b, i])
+                cols[b, i, :n] = torch.randperm(C, generator=g)[:n].sort().values
     return q, k, v, counts, cols
 
 
