@@ -69,6 +69,57 @@ def test_bf16_models_are_checked_for_row_invariance_when_packed(tok):
 
 
 @needs_bf16
+def test_bf16_prefill_is_one_product_per_prompt_and_batches_as_single_rows(tok):
+    """A prefill is computed the same way by every decoding of a prompt, so its rows need only a
+    single-row prefill's products, not row invariance: each row's prompt (after its padding) is one
+    product over its own tokens, not split into calls of max_rows; other passes still are. A padded
+    batch then gets each row's logits bitwise as a prefill of that prompt alone, and so do the
+    passes after it."""
+    from decodekit.attention import use_cpu_attention
+    from decodekit.kv import CachedLM
+    from decodekit.types import Draft
+
+    model = fresh("llama", tok).to(torch.bfloat16)
+    use_cpu_attention(model)
+    onednn.pack_linears(model, measure=False)
+    layer = model.model.layers[0].mlp.up_proj
+    products = []  # rows of each product the layer makes
+    kernel = layer._rows
+    layer._rows = lambda flat: (products.append(flat.shape[0]), kernel(flat))[1]
+    limit = layer.max_rows
+    V = len(tok)
+    prompts = [torch.randint(3, V, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+               for n in (limit + 40, limit + 7, 5)]
+    chains = [[7, 8, 9], [10, 11], [12, 13, 14]]
+
+    def run(rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prefill's logits ``[B, V]`` and those of a verify pass after it ``[B, 3, V]``."""
+        lm = CachedLM(model, batch_size=len(rows))
+        prefill = lm.forward([prompts[r] for r in rows])
+        lm.commit([[]] * len(rows))
+        verify = lm.forward([chains[r][:1] for r in rows], [Draft.chain(chains[r][1:]) for r in rows])
+        return prefill[:, 0], verify
+
+    alone = []
+    for r in range(3):
+        products.clear()
+        alone.append(run([r]))
+        assert products == [len(prompts[r]), len(chains[r])]
+    products.clear()
+    prefill, verify = run([0, 1, 2])  # rows 1 and 2 left-padded
+    assert products == [len(p) for p in prompts] + [3 * 3]  # a product per prompt; the verify pass: one
+    for r in range(3):
+        assert torch.equal(prefill[r], alone[r][0][0]), r
+        assert torch.equal(verify[r, :len(chains[r])], alone[r][1][0, :len(chains[r])]), r
+    lm = CachedLM(model, batch_size=1)  # a long pass that is not a prefill (something is cached): split
+    lm.forward([prompts[2]])
+    lm.commit([[]])
+    products.clear()
+    lm.forward([prompts[0]])
+    assert products == [limit] * (len(prompts[0]) // limit) + [len(prompts[0]) % limit]
+
+
+@needs_bf16
 def test_bf16_speculative_is_token_identical_with_packed_kernels(tok):
     def model():
         return fresh("llama", tok).to(torch.bfloat16)
