@@ -52,7 +52,7 @@ class _KeyPlan:
     """Which keys each query of a pass sees, read from its mask ``[B or 1, 1, Q, C]``.
 
     ``prefix[b][i]``: the number of leading keys query ``i`` of row ``b`` sees when they are
-    exactly the first ones, else None and ``index[b][i]`` holds their column indices.
+    exactly the first ones, else None and :meth:`columns` gives their column indices.
     ``prefill[b]``: for a pass with no cache (``Q == C``) in which row ``b`` is its prompt after
     ``p`` padding columns, each of its tokens seeing the prompt up to itself, that ``p``; else None."""
 
@@ -75,16 +75,13 @@ class _KeyPlan:
         # they are the first ones for every query, their columns (read once, for both users)
         self.counts = counts.to(torch.int32).contiguous()                            # [B, Q]
         self.most = max(int(counts.max()), 1)
-        self.index: list[list[torch.Tensor | None]] = [[None] * Q for _ in range(B)]
+        self.device = mask.device
         self.cols = None
         if not bool(is_prefix.all()):
-            self.cols = torch.zeros(B, Q, self.most, dtype=torch.int32)               # [B, Q, most]
-            for b in range(B):
-                for i in range(Q):
-                    at = visible[b, i].nonzero()[:, 0]
-                    self.cols[b, i, :at.numel()] = at
-                    if self.prefix[b][i] is None:
-                        self.index[b][i] = at.to(mask.device)
+            # a stable sort puts each query's visible columns first, in order; the rest are zeroed
+            first = torch.sort((~visible).to(torch.uint8), dim=-1, stable=True).indices[..., :self.most]
+            seen = torch.arange(self.most) < counts[..., None]                        # [B, Q, most]
+            self.cols = torch.where(seen, first, 0).to(torch.int32).contiguous()      # [B, Q, most]
         self.prefill: list[int | None] = [None] * B
         if Q == C:  # no cache: a row whose valid tokens see each other causally is a (padded) prompt
             col = torch.arange(C)
@@ -93,6 +90,11 @@ class _KeyPlan:
                 causal = (col[None, :] >= p) & (col[None, :] <= col[:, None]) & (col[:, None] >= p)  # [Q, C]
                 if p < C and bool((visible[b] == causal).all()):
                     self.prefill[b] = p
+
+
+    def columns(self, b: int, i: int) -> torch.Tensor:
+        """The columns query ``i`` of row ``b`` sees, in order (long, on the mask's device)."""
+        return self.cols[b, i, :int(self.counts[b, i])].long().to(self.device)
 
 
 def _plan(mask: torch.Tensor, B: int, C: int) -> _KeyPlan:
@@ -167,7 +169,7 @@ def invariant_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
             if n is not None:
                 k, v = key[b:b + 1, :, :n], value[b:b + 1, :, :n]
             else:
-                at = plan.index[b][i]
+                at = plan.columns(b, i)
                 k, v = key[b:b + 1].index_select(2, at), value[b:b + 1].index_select(2, at)
             rows.append(attend(query[b:b + 1, :, i:i + 1], k, v)[0])
     return torch.stack(rows).view(B, Q, H, D), None

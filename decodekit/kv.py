@@ -135,10 +135,12 @@ class CachedLM:
         for b, draft in enumerate(drafts):
             block = causal.clone()
             block[:, :P] &= nv[b, None, :P]
-            block[P:, P:] = False
+            ancestry = [[False] * N for _ in range(N)]  # [N, N]: node i sees node k (its path)
             if draft is not None:
                 for i in range(len(draft)):
-                    block[P + i, [P + k for k in draft.path(i)]] = True
+                    for k in draft.path(i):
+                        ancestry[i][k] = True
+            block[P:, P:] = torch.tensor(ancestry, dtype=torch.bool).reshape(N, N)
             block |= torch.eye(Q, dtype=torch.bool)
             allow[b, :, C:] = block
         dtype = self.model.dtype if self.model.dtype.is_floating_point else torch.float32

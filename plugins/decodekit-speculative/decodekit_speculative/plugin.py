@@ -220,17 +220,15 @@ class Speculative:
         if self.matrix is None or positions.is_draft:
             return None
         gen = positions.generation
-        prev, ii, jj = [], [], []
+        prev, scored = [], []
         for i, row in enumerate(positions.rows):
             if gen.done[row]:
                 continue
-            for j in range(positions.length(i)):
-                path = positions.paths[i][j]
-                prev.append(path[-1] if path else gen.tokens[row][-1])  # the token before position j
-                ii.append(i)
-                jj.append(j)
+            n = positions.length(i)
+            prev += [path[-1] if path else gen.tokens[row][-1] for path in positions.paths[i]]  # token before j
+            scored.append(logits[i, :n])                                                     # [n, V], a view
         if prev:
-            self.matrix.update(torch.tensor(prev), logits[ii, jj])  # logits[ii, jj]: [n, V]
+            self.matrix.update(torch.tensor(prev), scored[0] if len(scored) == 1 else torch.cat(scored))
         return None
 
     @hookimpl

@@ -77,7 +77,13 @@ class AdjacencyMatrix:
         """Instantiate ``template`` after ``last_token``; returns the draft and each node's rank.
 
         ``root``: candidates for the root's children instead of ``M[last_token]`` (a fallback)."""
-        M = self.M
+        rows: dict[int, list[int]] = {}  # M's rows read so far, as lists (one read per token)
+
+        def candidate(token: int, rank: int) -> int:
+            if token not in rows:
+                rows[token] = self.M[token].tolist()
+            return rows[token][rank]
+
         tokens: list[int] = []
         parents: list[int] = []
         ranks: list[int] = []
@@ -85,13 +91,13 @@ class AdjacencyMatrix:
         for parent, rank, _ in template:
             if parent == -1:
                 d_parent = -1
-                tok = root[rank] if root is not None else int(M[last_token, rank])
+                tok = root[rank] if root is not None else candidate(last_token, rank)
             else:
                 d_parent = where[parent]
                 if d_parent == -2:
                     where.append(-2)
                     continue
-                tok = int(M[tokens[d_parent], rank])
+                tok = candidate(tokens[d_parent], rank)
             if tok < 0:
                 where.append(-2)
                 continue
