@@ -16,8 +16,9 @@ pass or a padded batch, query ``i`` of row ``b`` gets the numbers and the arithm
 step gives it, so the same result, bit for bit, by construction. Two ways do it:
 
 * decodekit's kernel (:mod:`decodekit.native`, bfloat16 with head sizes 32 to 128 on a CPU with
-  AVX-512 BF16): one call per layer and pass; each query's sums run over its own keys, read by
-  column number, in an order that depends on nothing else in the call;
+  AVX-512 BF16, in AMX tiles where the CPU has them): one call per layer and pass; each query's
+  sums run over its own keys, read by column number, in an order that depends on nothing else
+  in the call;
 * elsewhere (float16, other head sizes, no compiler): one torch ``scaled_dot_product_attention``
   call per query, over that query alone and its keys gathered in order, without a mask: a
   plain step's call.
@@ -30,9 +31,10 @@ padding, in a batch), the call a single-row prefill of it makes. That holds only
 else rides on the prefill: the speculative plugin drafts from the second pass on for models
 with this attention (:func:`prefill_is_one_call`).
 
-Costs on the embedded model, one core (docs/results/cpu_kernels.md): a verify pass over 4 / 8 /
-16 new tokens costs 1.04 / 1.09 / 1.19 plain passes with the kernel (1.09 / 1.16 / 1.37 with one
-sdpa call per query); a plain step and a prefill cost what they cost with sdpa.
+Costs on the embedded model, one core (docs/results/cpu_kernels.md has the table, with and without
+the kernel): a verify pass over 8 / 16 / 32 new tokens costs about 1.06 / 1.12 / 1.30 plain passes
+with the kernel in AMX tiles (1.08 / 1.19 / 1.52 in AVX-512 vectors); a plain step and a prefill
+cost what they cost with sdpa.
 tests/test_attention.py checks chains, trees and padded batches against single-token passes,
 both ways; tests/test_native.py the kernel itself.
 """

@@ -81,15 +81,22 @@ def random_tokens(n: int, V: int, seed: int) -> list[int]:
     return torch.randint(3, V, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-@pytest.fixture(params=["kernel", "torch"])
+@pytest.fixture(params=["amx", "vectors", "torch"])
 def bf16_path(request, monkeypatch):
-    """Both ways a bfloat16 pass is computed: decodekit's kernel (native.py), and torch's sdpa one
-    query at a time where the kernel is not built."""
+    """Every way a bfloat16 pass is computed: decodekit's kernel (native.py) in AMX tiles or in
+    AVX-512 vectors, and torch's sdpa one query at a time where the kernel is not built."""
     if request.param == "torch":
         monkeypatch.setattr(native, "supports", lambda query, key, value: False)
-    elif native.kernel() is None:
+        yield request.param
+        return
+    if native.kernel() is None:
         pytest.skip("no AVX-512 BF16 kernel on this machine")
-    return request.param
+    was = native.uses_amx()
+    if native.set_amx(request.param == "amx") != (request.param == "amx"):
+        native.set_amx(was)
+        pytest.skip("no AMX tiles here")
+    yield request.param
+    native.set_amx(was)
 
 
 def stepwise(model, prompt: list[int], tokens: list[int]) -> torch.Tensor:

@@ -11,6 +11,17 @@ from decodekit import native
 needs_kernel = pytest.mark.skipif(native.kernel() is None, reason="no AVX-512 BF16 kernel on this machine")
 
 
+@pytest.fixture(params=["amx", "vectors"])
+def kernel_path(request):
+    """Both ways the kernel computes: AMX tiles (where the CPU and the OS have them) and AVX-512 vectors."""
+    was = native.uses_amx()
+    if native.set_amx(request.param == "amx") != (request.param == "amx"):
+        native.set_amx(was)
+        pytest.skip("no AMX tiles here")
+    yield request.param
+    native.set_amx(was)
+
+
 def reference(q, k, v, counts, cols):
     """Float64 attention: query i of row b over its keys (``cols[b, i, :n]`` or the first n)."""
     B, H, Q, D = q.shape
@@ -44,10 +55,10 @@ def random_pass(B, H, Hkv, Q, C, D, seed, gather):
 
 
 @needs_kernel
-@pytest.mark.parametrize("D", [32, 64, 128])
-@pytest.mark.parametrize("H,Hkv", [(4, 4), (6, 2), (9, 3), (8, 1)])
+@pytest.mark.parametrize("D", [32, 64, 96, 128])
+@pytest.mark.parametrize("H,Hkv", [(4, 4), (6, 2), (9, 3), (8, 1), (32, 1)])
 @pytest.mark.parametrize("C,gather", [(1, False), (37, True), (600, False)])
-def test_kernel_is_attention(D, H, Hkv, C, gather):
+def test_kernel_is_attention(D, H, Hkv, C, gather, kernel_path):
     q, k, v, counts, cols = random_pass(2, H, Hkv, 3, C, D, seed=D + H + C, gather=gather)
     out = native.attention(q, k, v, counts, cols, C, D ** -0.5)  # [B, Q, H, D]
     torch.testing.assert_close(out.double(), reference(q, k, v, counts, cols), atol=2e-2, rtol=2e-2)
@@ -56,7 +67,7 @@ def test_kernel_is_attention(D, H, Hkv, C, gather):
 
 
 @needs_kernel
-def test_a_query_gets_the_same_bits_alone_and_in_any_pass():
+def test_a_query_gets_the_same_bits_alone_and_in_any_pass(kernel_path):
     """The same query over the same keys: alone with its own keys, in a pass of other queries
     with a longer cache, and reading its keys by column numbers from a shuffled cache."""
     q, k, v, _, _ = random_pass(1, 9, 3, 5, 300, 64, seed=1, gather=False)
@@ -74,6 +85,55 @@ def test_a_query_gets_the_same_bits_alone_and_in_any_pass():
         shuffled = native.attention(q[:, :, i:i + 1].contiguous(), ks, vs, torch.tensor([[n]], dtype=torch.int32),
                                     cols, n, 0.125)
         assert torch.equal(shuffled[0, 0], together[0, i])
+
+
+@needs_kernel
+@pytest.mark.parametrize("prefix", [64, 70, 95])
+def test_tree_queries_get_the_bits_of_their_own_path_alone(kernel_path, prefix):
+    """A tree pass: 20 queries over ``prefix`` cached columns and the tree's nodes, each seeing the
+    prefix, then its ancestors and itself (columns after the prefix, not contiguous). Each gets the
+    bits of a pass over that query alone after exactly its keys, in order: the keys a plain step
+    sees once the path is accepted. Sizes cross the kernel's blocks of 16 and 32 keys and its
+    tiles of 16 query-heads."""
+    Q, H, Hkv, D = 20, 9, 3, 64
+    q, k, v, _, _ = random_pass(1, H, Hkv, Q, prefix + Q, D, seed=prefix, gather=False)
+    g = torch.Generator().manual_seed(prefix + 1)
+    parents = [-1] + [int(torch.randint(-1, i, (), generator=g)) for i in range(1, Q)]
+    paths = []
+    for i in range(Q):
+        path, node = [], i
+        while node >= 0:
+            path.append(prefix + node)
+            node = parents[node]
+        paths.append(list(range(prefix)) + path[::-1])
+    most = max(len(p) for p in paths)
+    counts = torch.tensor([[len(p) for p in paths]], dtype=torch.int32)
+    cols = torch.zeros(1, Q, most, dtype=torch.int32)
+    for i, p in enumerate(paths):
+        cols[0, i, :len(p)] = torch.tensor(p, dtype=torch.int32)
+    tree = native.attention(q, k, v, counts, cols, most, 0.125)  # [1, Q, H, D]
+    torch.testing.assert_close(tree.double(), reference(q, k, v, counts, cols), atol=2e-2, rtol=2e-2)
+    for i, p in enumerate(paths):
+        at = torch.tensor(p)
+        alone = native.attention(q[:, :, i:i + 1].contiguous(), k[:, :, at].contiguous(), v[:, :, at].contiguous(),
+                                 torch.tensor([[len(p)]], dtype=torch.int32), None, len(p), 0.125)
+        assert torch.equal(alone[0, 0], tree[0, i]), i
+
+
+@needs_kernel
+def test_the_two_paths_agree_to_rounding():
+    """AMX tiles and AVX-512 vectors sum in different orders: close, not bitwise equal."""
+    was = native.uses_amx()
+    if not native.set_amx(True):
+        pytest.skip("no AMX tiles here")
+    try:
+        q, k, v, counts, cols = random_pass(2, 9, 3, 4, 200, 64, seed=5, gather=True)
+        tiles = native.attention(q, k, v, counts, cols, 200, 0.125)
+        native.set_amx(False)
+        vectors = native.attention(q, k, v, counts, cols, 200, 0.125)
+    finally:
+        native.set_amx(was)
+    torch.testing.assert_close(tiles.float(), vectors.float(), atol=2e-2, rtol=2e-2)
 
 
 def test_no_compiler_means_no_kernel(tmp_path, monkeypatch):
