@@ -39,6 +39,8 @@ class CachedLM:
     def __init__(self, model: torch.nn.Module, batch_size: int, pad_token_id: int = 0):
         self.model = model
         self.device = next(model.parameters()).device
+        # tree masks are additive, in the model's floating dtype (read once: model.dtype walks the parameters)
+        self.mask_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         self.pad_token_id = pad_token_id
         self.cache = None
         self.col_valid = torch.zeros(batch_size, 0, dtype=torch.bool, device=self.device)
@@ -143,9 +145,8 @@ class CachedLM:
             block[P:, P:] = torch.tensor(ancestry, dtype=torch.bool).reshape(N, N)
             block |= torch.eye(Q, dtype=torch.bool)
             allow[b, :, C:] = block
-        dtype = self.model.dtype if self.model.dtype.is_floating_point else torch.float32
-        mask = torch.zeros((B, 1, Q, C + Q), dtype=dtype)
-        mask.masked_fill_(~allow[:, None], torch.finfo(dtype).min)
+        mask = torch.zeros((B, 1, Q, C + Q), dtype=self.mask_dtype)
+        mask.masked_fill_(~allow[:, None], torch.finfo(self.mask_dtype).min)
         return mask.to(self.device)
 
     def commit(self, accepted: list[list[int]], source_rows: list[int] | None = None) -> None:

@@ -49,6 +49,7 @@ class CostModel:
         self.fixed = dict(sorted(fixed.items())) if fixed else None
         self.timings: dict[tuple[int, int], list[float]] = {}
         self.draft_seconds: float | None = None  # one drafter forward (model drafters)
+        self._costs: dict[tuple[int, int], float] = {}  # cost() since the last record(): planners ask often
 
     @property
     def measured(self) -> bool:
@@ -60,6 +61,7 @@ class CostModel:
         recent = self.timings.setdefault((rows, s), [])
         recent.append(seconds)
         del recent[:-WINDOW]
+        self._costs.clear()
 
     def trusted(self, rows: int, s: int) -> bool:
         """Whether a pass of width ``s`` over ``rows`` rows has been timed often enough to trust."""
@@ -74,6 +76,12 @@ class CostModel:
         """Cost of a pass over ``s`` new tokens for ``rows`` rows (seconds, or relative units)."""
         if self.fixed is not None:
             return _interpolate(self.fixed, s, flat_beyond=True)
+        known = self._costs.get((rows, s))
+        if known is None:
+            known = self._costs[rows, s] = self._measured_cost(rows, s)
+        return known
+
+    def _measured_cost(self, rows: int, s: int) -> float:
         if s > 1 and not self.trusted(rows, 1):
             # every draft is weighed against a plain pass: time plain passes first, or a proposer
             # that always finds something to draft would never measure what it competes with

@@ -52,9 +52,16 @@ class AdjacencyMatrix:
 
     def count(self, tokens: list[int]) -> None:
         """Add committed ``tokens`` to the unigram counts behind :meth:`fallback`."""
-        if tokens:
-            self.counts.index_add_(0, torch.tensor(tokens), torch.ones(len(tokens), dtype=torch.float64))
-            self._fallback = None
+        if not tokens:
+            return
+        self.counts.index_add_(0, torch.tensor(tokens), torch.ones(len(tokens), dtype=torch.float64))
+        if self._fallback is not None:
+            # counts only grow, so a token outside the top k can enter it only by being counted
+            # now: the new top k is among the old one and these tokens (no scan of the vocabulary)
+            pool = sorted(set(self._fallback) | set(tokens))
+            counts = self.counts[pool].tolist()
+            ranked = sorted(range(len(pool)), key=lambda i: (-counts[i], pool[i]))  # ties: lower id first
+            self._fallback = [pool[i] for i in ranked[:self.k]]
 
     def fallback(self) -> list[int] | None:
         """The ``k`` tokens committed most often (ties: lower id first), or None before ``k`` distinct

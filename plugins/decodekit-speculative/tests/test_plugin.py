@@ -269,6 +269,18 @@ def test_adjacency_matrix_falls_back_to_the_most_committed_tokens():
     assert draft.tokens == [4, 7, 1] and draft.parents == [-1, -1, 0] and ranks == [0, 1, 0]
 
 
+def test_the_fallback_kept_up_to_date_equals_a_recount():
+    """fallback() follows the counts step by step without scanning the vocabulary: after every
+    count it names the tokens a fresh top-k of all counts names."""
+    g = torch.Generator().manual_seed(0)
+    M = AdjacencyMatrix(vocab_size=50, k=4)
+    for step in range(300):
+        M.count(torch.randint(0, 50, (int(torch.randint(1, 6, (), generator=g)),), generator=g).tolist())
+        fresh = AdjacencyMatrix(vocab_size=50, k=4)
+        fresh.counts = M.counts.clone()
+        assert M.fallback() == fresh.fallback(), step
+
+
 @torch.inference_mode()
 def test_recycling_fills_the_matrix_from_the_prompts_scores(tok, llama):
     """After the prefill every prompt token's row holds the target's top-k at that position, for
