@@ -31,6 +31,21 @@ from decodekit import Pipeline, native, onednn  # noqa: E402
 
 WIDTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 NO_KERNEL = "onednn bf16, no kernel"  # bfloat16 as it runs where decodekit's kernel is not built
+VECTORS = "onednn bf16, vectors"      # the kernel on AVX-512 vectors, as on a CPU without AMX
+
+
+@contextmanager
+def attention_path(column: str):
+    """While timing ``column``: decodekit's bfloat16 attention as that column names it."""
+    if column == VECTORS:
+        native.set_amx(False)
+        try:
+            yield
+        finally:
+            native.set_amx(True)
+        return
+    with kernel_off(column == NO_KERNEL):
+        yield
 
 
 @contextmanager
@@ -111,17 +126,19 @@ def main() -> None:
     for p in pipes.values():
         p.model.generation_config.pad_token_id = p.pad_token_id
     # pass columns: each setup, and bfloat16 once more without decodekit's attention kernel
-    columns = kinds + ((NO_KERNEL,) if "onednn bf16" in kinds and native.kernel() is not None else ())
-    model_of = {**{k: pipes[k].model for k in kinds}, NO_KERNEL: pipes.get("onednn bf16", pipes["onednn"]).model}
+    bf16 = "onednn bf16" in kinds and native.kernel() is not None
+    columns = kinds + ((VECTORS,) if bf16 and native.uses_amx() else ()) + ((NO_KERNEL,) if bf16 else ())
+    model_of = {**{k: pipes[k].model for k in kinds},
+                **{c: pipes.get("onednn bf16", pipes["onednn"]).model for c in (VECTORS, NO_KERNEL)}}
     context = torch.randint(100, 20000, (1, args.context), generator=torch.Generator().manual_seed(0))
     times = {(k, s): [] for k in columns for s in WIDTHS}
     for k in columns:  # warm-up
-        with kernel_off(k == NO_KERNEL):
+        with attention_path(k):
             pass_ms(model_of[k], context, 4)
     for _ in range(args.reps):
         for s in WIDTHS:
             for k in columns:
-                with kernel_off(k == NO_KERNEL):
+                with attention_path(k):
                     times[k, s].append(pass_ms(model_of[k], context, s))
     med = {key: statistics.median(v) for key, v in times.items()}
     for s in WIDTHS:
@@ -177,6 +194,8 @@ def main() -> None:
         + (", and with `cpu_kernels: onednn` on the model in bfloat16 (`dtype: bfloat16`; it attends "
            "with decodekit/invariant_attention.py, every query computed as a plain step computes it: "
            "decodekit's compiled kernel, one call per pass"
+           + (f", in AMX tiles; \"{VECTORS}\" is the kernel on AVX-512 vectors, as on a CPU without AMX"
+              if VECTORS in columns else "")
            + (f"; \"{NO_KERNEL}\" is the same without that kernel, one torch sdpa call per query, as where "
               "it is not built" if NO_KERNEL in columns else "") + ")"
            if "onednn bf16" in kinds else "")

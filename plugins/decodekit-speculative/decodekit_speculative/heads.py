@@ -28,9 +28,10 @@ the model was packed with ``cpu_kernels: onednn``), so they never trigger it.
 
 Drafts are token trees, best-first by estimated acceptance as in token recycling: a template of
 ``(parent, depth, rank)`` nodes whose reach (product of per-depth, per-rank acceptance rates along
-the path) is largest, cut to the size that maximises expected tokens per unit of cost
-(:func:`plan_depth_tree`, using the plugin's measured verify cost plus the heads' own measured
-time). Rank ``r`` at depth ``d`` holds the ``r``-th best token of head ``d``. Deterministic drafts
+the path) is largest, cut to the size that maximises expected tokens per unit of cost (:func:`plan_heads_tree`; the
+plugin's measured verify cost plus the heads' own measured time: an LM-head product over the
+vocabulary per Hydra level, one for all of Medusa's heads, each about 2-4 ms on the embedded model
+on one core, so a deeper Hydra tree must earn its levels). Rank ``r`` at depth ``d`` holds the ``r``-th best token of head ``d``. Deterministic drafts
 (``q = None``): siblings are distinct top-k tokens, which the host's verifiers need.
 
 Files: ``heads.safetensors`` (the blocks' weights, bf16) and ``heads.json`` (format, kind,
@@ -43,9 +44,10 @@ from __future__ import annotations
 import json
 import time
 import weakref
+from itertools import accumulate
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +56,7 @@ from torch import nn
 from decodekit.generation import Generation
 from decodekit.types import Decision, Draft
 
-from decodekit_speculative.planning import CostModel, RankStats, depth_tree_template, plan_depth_tree
+from decodekit_speculative.planning import CostModel, RankStats, best_prefix, depth_tree_template
 
 FORMAT = "decodekit-heads/1"
 WEIGHTS = "heads.safetensors"
@@ -230,6 +232,15 @@ class HiddenCapture:
 
 # -- the tree ----------------------------------------------------------------------------------
 
+def plan_heads_tree(rates: list[list[float]], max_nodes: int, cost: Callable[[int, int], float],
+                    products: Callable[[int], int]) -> list[tuple[int, int, int, float]]:
+    """The prefix of :func:`depth_tree_template` maximising ``(1 + sum reach) / cost(n, p)``, where a
+    tree of ``n`` nodes ``d`` levels deep takes ``p = products(d)`` of the heads' LM-head products."""
+    template = depth_tree_template(rates, max_nodes)
+    deepest = list(accumulate((depth for _, depth, _, _ in template), max, initial=0))  # [n + 1]
+    return template[:best_prefix([reach for *_, reach in template], lambda n: cost(n, products(deepest[n])))]
+
+
 def prior_rates(meta: dict[str, Any] | None, num_heads: int, k: int) -> list[list[float]]:
     """Acceptance priors ``[K][k]``: the heads' measured top-k accuracies, else a generic guess."""
     table = (meta or {}).get("accuracy")
@@ -311,8 +322,9 @@ class HeadProposer:
 
     @torch.inference_mode()
     def propose(self, gen: Generation, active: list[int], cost) -> tuple[list[Draft | None], list[Any]]:
-        """Drafts for the rows in ``active``; ``cost(n)``: a verify pass with ``n`` nodes per row,
-        the heads' own time included (the plugin adds it, :meth:`CostModel.draft_cost`)."""
+        """Drafts for the rows in ``active``; ``cost(n, products)``: a verify pass with ``n`` nodes
+        per row plus ``products`` of the heads' LM-head products (the plugin prices one from
+        :meth:`CostModel.draft_cost`, which this keeps per product)."""
         call = self._call(gen)
         B = gen.num_rows
         drafts: list[Draft | None] = [None] * B
@@ -321,7 +333,7 @@ class HeadProposer:
             rates = [s.rate() for s in self.stats]
             o = self.options
             if o.adaptive:
-                template = plan_depth_tree(rates, o.max_draft_tokens, cost)
+                template = plan_heads_tree(rates, o.max_draft_tokens, cost, self._products)
             else:
                 template = depth_tree_template(rates, o.max_draft_tokens)
             if template:
@@ -329,9 +341,15 @@ class HeadProposer:
                 last = [gen.tokens[b][-1] for b in active]
                 for b, (d, info) in zip(active, self.draft(call.hidden[active], last, template)):
                     drafts[b], call.info[b] = d, info
-                self.costs.record_draft(time.perf_counter() - t0)
+                products = self._products(max(depth for _, depth, _, _ in template))
+                self.costs.record_draft((time.perf_counter() - t0) / products)
         call.capture.arm()  # catch the hidden states of the target pass that verifies these drafts
         return drafts, call.info
+
+    def _products(self, depth: int) -> int:
+        """LM-head products a draft ``depth`` levels deep takes: Medusa one for all its heads, Hydra
+        one per level (each level's heads read the tokens drafted above them)."""
+        return 1 if self.heads.kind == "medusa" else max(1, depth)
 
     def advance(self, gen: Generation, decision: Decision) -> None:
         """Keep each row's hidden state at its last accepted position; decay the statistics."""

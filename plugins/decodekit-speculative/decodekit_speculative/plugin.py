@@ -306,19 +306,20 @@ class Speculative:
     # -- proposers -----------------------------------------------------------------------------
 
     def _cost_fn(self, st: CallState | None, rows: int):
-        """``cost(n)``: a target pass with ``n`` draft nodes per row plus the drafting, times the
-        ledger's margin for ``n > 0`` while drafting is in debt. Drafting costs one drafter forward
-        per node for a draft model, one run of the heads per step for ``heads``, nothing else."""
+        """``cost(n, products=1)``: a target pass with ``n`` draft nodes per row plus the drafting,
+        times the ledger's margin for ``n > 0`` while drafting is in debt. Drafting costs one drafter
+        forward per node for a draft model, ``products`` LM-head products of the heads for ``heads``
+        (one for Medusa, one per tree level for Hydra), nothing else."""
         drafting = self.costs.draft_cost(rows)
         per_node = drafting if self.drafter is not None else 0.0
-        per_step = drafting if self.heads is not None else 0.0
+        per_product = drafting if self.heads is not None else 0.0
         base, margin = self.costs.cost(rows, 1), self._margin()
         first = st is not None and st.step == 0  # the prefill pass: a few more tokens cost next to nothing
 
-        def cost(n: int) -> float:
+        def cost(n: int, products: int = 1) -> float:
             if n == 0:
                 return base
-            return ((base if first else self.costs.cost(rows, 1 + n)) + n * per_node + per_step) * margin
+            return ((base if first else self.costs.cost(rows, 1 + n)) + n * per_node + products * per_product) * margin
         return cost
 
     def _propose_lookup(self, gen: Generation, st: CallState, active: list[int], cost) -> None:

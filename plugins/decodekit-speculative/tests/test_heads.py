@@ -78,10 +78,16 @@ def test_depth_tree_is_best_first_by_reach():
 
 def test_tree_size_follows_the_cost():
     rates = [[0.6, 0.25], [0.5, 0.2], [0.4, 0.1]]
-    assert len(H.plan_depth_tree(rates, 8, lambda n: 1.0)) == 8          # free: draft the most
-    assert H.plan_depth_tree(rates, 8, lambda n: 1.0 + n) == []          # each node costs a pass: none
-    some = H.plan_depth_tree(rates, 8, lambda n: 1.0 + 0.15 * n)
+    one = lambda depth: 1  # noqa: E731  (Medusa: one product for every level)
+    assert len(H.plan_heads_tree(rates, 8, lambda n, p: 1.0, one)) == 8          # free: draft the most
+    assert H.plan_heads_tree(rates, 8, lambda n, p: 1.0 + n, one) == []          # each node costs a pass: none
+    some = H.plan_heads_tree(rates, 8, lambda n, p: 1.0 + 0.15 * n, one)
     assert 0 < len(some) < 8
+    # Hydra: every level is one more product; priced at a fifth of a pass each, the tree stays shallower
+    levels = lambda depth: max(1, depth)  # noqa: E731
+    flat = H.plan_heads_tree(rates, 8, lambda n, p: 1.0 + 0.02 * n + (0.2 * p if n else 0.0), one)
+    deep = H.plan_heads_tree(rates, 8, lambda n, p: 1.0 + 0.02 * n + (0.2 * p if n else 0.0), levels)
+    assert max(d for _, d, _, _ in deep) < max(d for _, d, _, _ in flat)
 
 
 def test_priors_come_from_the_measured_accuracy():
