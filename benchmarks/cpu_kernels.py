@@ -38,11 +38,8 @@ VECTORS = "onednn bf16, vectors"      # the kernel on AVX-512 vectors, as on a C
 def attention_path(column: str):
     """While timing ``column``: decodekit's bfloat16 attention as that column names it."""
     if column == VECTORS:
-        native.set_amx(False)
-        try:
+        with native.kernel_path(amx=False):
             yield
-        finally:
-            native.set_amx(True)
         return
     with kernel_off(column == NO_KERNEL):
         yield

@@ -25,8 +25,10 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -109,6 +111,17 @@ def uses_amx() -> bool:
     """Whether the kernel runs on AMX tiles in this process (else AVX-512 vectors, or no kernel)."""
     fn = kernel()
     return fn is not None and fn.amx is not None and bool(fn.amx(-1))
+
+
+@contextmanager
+def kernel_path(amx: bool) -> Iterator[bool]:
+    """While inside: the kernel on AMX tiles (``amx``) or on AVX-512 vectors; yields whether that
+    path is the one in use (False where it is not available); the path in use before comes back after."""
+    was = uses_amx()
+    try:
+        yield set_amx(amx) == amx
+    finally:
+        set_amx(was)
 
 
 def set_amx(on: bool) -> bool:

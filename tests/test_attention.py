@@ -91,12 +91,10 @@ def bf16_path(request, monkeypatch):
         return
     if native.kernel() is None:
         pytest.skip("no AVX-512 BF16 kernel on this machine")
-    was = native.uses_amx()
-    if native.set_amx(request.param == "amx") != (request.param == "amx"):
-        native.set_amx(was)
-        pytest.skip("no AMX tiles here")
-    yield request.param
-    native.set_amx(was)
+    with native.kernel_path(request.param == "amx") as available:
+        if not available:
+            pytest.skip("no AMX tiles here")
+        yield request.param
 
 
 def stepwise(model, prompt: list[int], tokens: list[int]) -> torch.Tensor:

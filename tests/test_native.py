@@ -14,12 +14,10 @@ needs_kernel = pytest.mark.skipif(native.kernel() is None, reason="no AVX-512 BF
 @pytest.fixture(params=["amx", "vectors"])
 def kernel_path(request):
     """Both ways the kernel computes: AMX tiles (where the CPU and the OS have them) and AVX-512 vectors."""
-    was = native.uses_amx()
-    if native.set_amx(request.param == "amx") != (request.param == "amx"):
-        native.set_amx(was)
-        pytest.skip("no AMX tiles here")
-    yield request.param
-    native.set_amx(was)
+    with native.kernel_path(request.param == "amx") as available:
+        if not available:
+            pytest.skip("no AMX tiles here")
+        yield request.param
 
 
 def reference(q, k, v, counts, cols):
@@ -123,16 +121,13 @@ def test_tree_queries_get_the_bits_of_their_own_path_alone(kernel_path, prefix):
 @needs_kernel
 def test_the_two_paths_agree_to_rounding():
     """AMX tiles and AVX-512 vectors sum in different orders: close, not bitwise equal."""
-    was = native.uses_amx()
-    if not native.set_amx(True):
-        pytest.skip("no AMX tiles here")
-    try:
-        q, k, v, counts, cols = random_pass(2, 9, 3, 4, 200, 64, seed=5, gather=True)
+    q, k, v, counts, cols = random_pass(2, 9, 3, 4, 200, 64, seed=5, gather=True)
+    with native.kernel_path(True) as available:
+        if not available:
+            pytest.skip("no AMX tiles here")
         tiles = native.attention(q, k, v, counts, cols, 200, 0.125)
-        native.set_amx(False)
+    with native.kernel_path(False):
         vectors = native.attention(q, k, v, counts, cols, 200, 0.125)
-    finally:
-        native.set_amx(was)
     torch.testing.assert_close(tiles.float(), vectors.float(), atol=2e-2, rtol=2e-2)
 
 
