@@ -32,9 +32,9 @@ else rides on the prefill: the speculative plugin drafts from the second pass on
 with this attention (:func:`prefill_is_one_call`).
 
 Costs on the embedded model, one core (docs/results/cpu_kernels.md has the table, with and without
-the kernel): a verify pass over 8 / 16 / 32 new tokens costs about 1.06 / 1.12 / 1.30 plain passes
-with the kernel in AMX tiles (1.08 / 1.19 / 1.52 in AVX-512 vectors); a plain step and a prefill
-cost what they cost with sdpa.
+the kernel): a verify pass over 8 / 16 / 32 new tokens costs 1.05 / 1.12 / 1.32 plain passes with
+the kernel in AMX tiles (1.09 / 1.18 / 1.46 in AVX-512 vectors, 1.20 / 1.36 / 1.86 with one sdpa
+call per query); a plain step and a prefill cost what they cost with sdpa.
 tests/test_attention.py checks chains, trees and padded batches against single-token passes,
 both ways; tests/test_native.py the kernel itself.
 """
