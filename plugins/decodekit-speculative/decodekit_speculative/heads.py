@@ -28,11 +28,12 @@ the model was packed with ``cpu_kernels: onednn``), so they never trigger it.
 
 Drafts are token trees, best-first by estimated acceptance as in token recycling: a template of
 ``(parent, depth, rank)`` nodes whose reach (product of per-depth, per-rank acceptance rates along
-the path) is largest, cut to the size that maximises expected tokens per unit of cost (:func:`plan_heads_tree`; the
-plugin's measured verify cost plus the heads' own measured time: an LM-head product over the
-vocabulary per Hydra level, one for all of Medusa's heads, each about 2-4 ms on the embedded model
-on one core, so a deeper Hydra tree must earn its levels). Rank ``r`` at depth ``d`` holds the ``r``-th best token of head ``d``. Deterministic drafts
-(``q = None``): siblings are distinct top-k tokens, which the host's verifiers need.
+the path) is largest, cut to the size that maximises expected tokens per unit of cost
+(:func:`plan_heads_tree`: the plugin's measured verify cost plus the heads' own measured time, an
+LM-head product over the vocabulary per Hydra level and one for all of Medusa's heads, each about
+2-4 ms on the embedded model on one core, so a deeper Hydra tree must earn its levels). Rank ``r``
+at depth ``d`` holds the ``r``-th best token of head ``d``. Deterministic drafts (``q = None``):
+siblings are distinct top-k tokens, which the host's verifiers need.
 
 Files: ``heads.safetensors`` (the blocks' weights, bf16) and ``heads.json`` (format, kind,
 sizes, the model they were trained for, measured top-k accuracies used as acceptance priors, and
@@ -44,8 +45,8 @@ from __future__ import annotations
 import json
 import time
 import weakref
-from itertools import accumulate
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, Callable
 

@@ -319,7 +319,8 @@ class Speculative:
         def cost(n: int, products: int = 1) -> float:
             if n == 0:
                 return base
-            return ((base if first else self.costs.cost(rows, 1 + n)) + n * per_node + products * per_product) * margin
+            target = base if first else self.costs.cost(rows, 1 + n)
+            return (target + n * per_node + products * per_product) * margin
         return cost
 
     def _propose_lookup(self, gen: Generation, st: CallState, active: list[int], cost) -> None:
