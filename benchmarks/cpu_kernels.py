@@ -4,8 +4,9 @@ Speculative decoding pays one target pass over ``s = 1 + N`` new tokens per step
 ``cost(s) / cost(1)`` decides whether a draft of ``N`` tokens can pay at all. This times, on the
 embedded model (float32, and bfloat16 with oneDNN where the CPU has native bfloat16) after a
 cached context of ``--context`` tokens, a forward pass over ``s`` new tokens for each setup, side
-by side in one process (interleaved, median of ``--reps``), bfloat16 also without decodekit's
-attention kernel (``DECODEKIT_NATIVE=0``); the prefill of a short and a long prompt; and plain
+by side in one process (interleaved, median of ``--reps``), bfloat16 also with decodekit's attention
+kernel on AVX-512 vectors instead of AMX tiles (where it has tiles) and without the kernel
+(``DECODEKIT_NATIVE=0``); the prefill of a short and a long prompt; and plain
 greedy decoding with decodekit and with HF ``generate`` on each model.
 Writes docs/results/cpu_kernels.md.
 
@@ -122,7 +123,7 @@ def main() -> None:
                          cpu_kernels=kernels) for k, (dtype, kernels) in setups.items()}
     for p in pipes.values():
         p.model.generation_config.pad_token_id = p.pad_token_id
-    # pass columns: each setup, and bfloat16 once more without decodekit's attention kernel
+    # pass columns: each setup, and bfloat16 again with the kernel on vectors and without the kernel
     bf16 = "onednn bf16" in kinds and native.kernel() is not None
     columns = kinds + ((VECTORS,) if bf16 and native.uses_amx() else ()) + ((NO_KERNEL,) if bf16 else ())
     model_of = {**{k: pipes[k].model for k in kinds},

@@ -49,6 +49,22 @@ static inline __m512 exp_nonpositive(__m512 x) {
     return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
 }
 
+/* The softmax's numerators for one query and head: w_j = bf16(e^(s_j - top)) for j < n, zeros from n
+ * up to `end` (a multiple of 16: the output sum reads whole pairs or blocks); returns 1 / sum_j w_j
+ * (float32 numerators, lane l adding the keys l mod 16 in order, then a fixed tree). */
+static inline float softmax_weights(const float *s, int64_t n, int64_t end, float top, uint16_t *w) {
+    const __m512 vtop = _mm512_set1_ps(top);
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t j0 = 0; j0 < end; j0 += 16) {
+        const int64_t m = n - j0 <= 0 ? 0 : (n - j0 < 16 ? n - j0 : 16);
+        const __mmask16 keep = (__mmask16)((1u << m) - 1);
+        const __m512 e = _mm512_maskz_mov_ps(keep, exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(keep, s + j0), vtop)));
+        _mm256_storeu_si256((__m256i *)(w + j0), (__m256i)_mm512_cvtneps_pbh(e));
+        total = _mm512_add_ps(total, e);
+    }
+    return 1.0f / _mm512_reduce_add_ps(total);
+}
+
 /* acc[h][t] = sum over key pairs (j, j+1), in order, of dpbf16(pairs of v_j, v_j+1 at 16 d's, the
  * pair's bfloat16 weights for head h); `vecs` = D / 16 */
 static inline __attribute__((always_inline)) void output_sums(
@@ -254,16 +270,7 @@ static void attention_amx(const uint16_t *q, const uint16_t *k, const uint16_t *
                             _mm512_mask_storeu_ps(SC + j0, keep, x);
                             best = _mm512_mask_max_ps(best, keep, best, x);
                         }
-                        const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(best));
-                        __m512 total = _mm512_setzero_ps();
-                        for (int64_t j0 = 0; j0 < nblocks * 32; j0 += 16) {
-                            const int64_t m = n - j0 <= 0 ? 0 : (n - j0 < 16 ? n - j0 : 16);
-                            const __mmask16 keep = (__mmask16)((1u << m) - 1);
-                            const __m512 e = _mm512_maskz_mov_ps(keep, exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(keep, SC + j0), top)));
-                            _mm256_storeu_si256((__m256i *)(w + j0), (__m256i)_mm512_cvtneps_pbh(e));
-                            total = _mm512_add_ps(total, e);
-                        }
-                        inv_sum[hh] = 1.0f / _mm512_reduce_add_ps(total);
+                        inv_sum[hh] = softmax_weights(SC, n, nblocks * 32, _mm512_reduce_max_ps(best), w);
                     }
                     /* output: blocks of 32 of the query's keys */
                     for (int64_t t0 = 0; t0 < vecs; t0 += 4) {
@@ -427,17 +434,9 @@ void decodekit_attention_bf16(const uint16_t *q, const uint16_t *k, const uint16
                     _mm512_mask_storeu_ps(s + j0, keep, score);
                     best = _mm512_mask_max_ps(best, keep, best, score);
                 }
-                const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(best));
                 /* weights, in bfloat16 for the output sum (zeros past n: a last odd key pairs with one) */
-                __m512 total = _mm512_setzero_ps();
-                for (int64_t j0 = 0; j0 < n; j0 += 16) {
-                    const int64_t m = n - j0 < 16 ? n - j0 : 16;
-                    const __mmask16 keep = (__mmask16)((1u << m) - 1);
-                    __m512 w = _mm512_maskz_mov_ps(keep, exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(keep, s + j0), top)));
-                    _mm256_storeu_si256((__m256i *)(weights + h * stride_s + j0), (__m256i)_mm512_cvtneps_pbh(w));
-                    total = _mm512_add_ps(total, w);
-                }
-                inv_sum[h] = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(total));
+                inv_sum[h] = _mm512_set1_ps(softmax_weights(s, n, (n + 15) / 16 * 16, _mm512_reduce_max_ps(best),
+                                                            weights + h * stride_s));
             }
             /* output sums: keys (j, j+1) interleaved per d, one dpbf16 per pair and 16 d's */
             __m512 acc[HEADS_AT_ONCE][8];

@@ -93,7 +93,6 @@ class _KeyPlan:
                 if p < C and bool((visible[b] == causal).all()):
                     self.prefill[b] = p
 
-
     def columns(self, b: int, i: int) -> torch.Tensor:
         """The columns query ``i`` of row ``b`` sees, in order (long, on the mask's device)."""
         return self.cols[b, i, :int(self.counts[b, i])].long().to(self.device)
