@@ -10,9 +10,9 @@ instead (decodekit/invariant_attention.py), exact too but slower in multi-token 
 
 On a CPU with AMX (and a Linux that grants the tile state) the kernel multiplies in AMX tiles,
 else in AVX-512 vectors; the choice is made once per process (``DECODEKIT_NATIVE_AMX=0`` keeps
-the vectors). The tiles make each further query of a pass three to four times cheaper (about
-2 us against 7 per layer for 250 keys and 9 heads, one core); a one-query step costs about the
-same (14 us against 11).
+the vectors). With the tiles a pass over 16 / 32 new tokens costs 1.12 / 1.32 plain passes on
+the embedded model, one core, against 1.18 / 1.46 on vectors in the same run; a plain step costs
+the same either way (docs/results/cpu_kernels.md, benchmarks/cpu_kernels.py).
 """
 
 from __future__ import annotations

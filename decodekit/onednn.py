@@ -38,8 +38,8 @@ A prefill (a forward with nothing cached yet) is the exception: it is the one pa
 decoding of a prompt makes the same way, so its rows need no invariance, only the products a
 single-row prefill of the prompt makes. A bfloat16 packed model computes each row's prompt
 (after its left padding, in a batch) in one product over the prompt's tokens, unsplit: on the
-embedded model a 130-token prefill then takes ~80 ms instead of ~130 (a split product streams
-every weight once per 32 rows). :func:`pack_linears` installs the hooks that mark a prefill on
+embedded model, one core, a 130-token prefill then takes 83 ms instead of 133 (a split product
+streams every weight once per 32 rows; docs/results/cpu_kernels.md). :func:`pack_linears` installs the hooks that mark a prefill on
 the model (:func:`prompt_starts`); decodekit's speculative plugin drafts nothing on the prefill
 of such models, so a verify pass never shares it.
 """

@@ -30,8 +30,8 @@ Drafts are token trees, best-first by estimated acceptance as in token recycling
 ``(parent, depth, rank)`` nodes whose reach (product of per-depth, per-rank acceptance rates along
 the path) is largest, cut to the size that maximises expected tokens per unit of cost
 (:func:`plan_heads_tree`: the plugin's measured verify cost plus the heads' own measured time, an
-LM-head product over the vocabulary per Hydra level and one for all of Medusa's heads, each about
-2-4 ms on the embedded model on one core, so a deeper Hydra tree must earn its levels). Rank ``r``
+LM-head product over the whole vocabulary per Hydra level and one for all of Medusa's heads, timed
+per product as the heads run, so a deeper Hydra tree must earn its levels). Rank ``r``
 at depth ``d`` holds the ``r``-th best token of head ``d``. Deterministic drafts (``q = None``):
 siblings are distinct top-k tokens, which the host's verifiers need.
 
