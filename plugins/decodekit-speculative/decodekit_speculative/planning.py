@@ -255,12 +255,6 @@ def tree_template(rates: list[float], max_nodes: int) -> list[tuple[int, int, fl
     return out
 
 
-def plan_tree(rates: list[float], max_nodes: int, cost: "callable") -> list[tuple[int, int, float]]:
-    """The prefix of :func:`tree_template` whose size maximises ``(1 + sum reach) / cost(size)``."""
-    template = tree_template(rates, max_nodes)
-    return template[:best_prefix([reach for _, _, reach in template], cost)]
-
-
 def best_prefix(reach: list[float], cost: Callable[[int], float]) -> int:
     """The ``N`` in ``0..len(reach)`` maximising ``(1 + sum(reach[:N])) / cost(N)``.
 
@@ -297,13 +291,6 @@ def depth_tree_template(rates: list[list[float]], max_nodes: int) -> list[tuple[
                 if a > 0:
                     heapq.heappush(heap, (neg * a, me, depth + 1, r))
     return out
-
-
-def plan_depth_tree(rates: list[list[float]], max_nodes: int, cost: "callable"
-                    ) -> list[tuple[int, int, int, float]]:
-    """The prefix of :func:`depth_tree_template` maximising ``(1 + sum reach) / cost(size)``."""
-    template = depth_tree_template(rates, max_nodes)
-    return template[:best_prefix([reach for *_, reach in template], cost)]
 
 
 def clamp_rate(a: float) -> float:

@@ -40,8 +40,9 @@ from decodekit_speculative.drafter import DrafterState, ModelDrafter
 from decodekit_speculative.dynamic_tree import DynamicTree
 from decodekit_speculative.heads import DraftHeads, HeadProposer
 from decodekit_speculative.options import SpeculativeOptions
+from decodekit_speculative.hindsight import HindsightTree
 from decodekit_speculative.planning import (CostModel, DraftLedger, RankStats, depth_tree_template, plan_chain,
-                                            plan_depth_tree, plan_tree, tree_template)
+                                            tree_template)
 from decodekit_speculative.recycling import AdjacencyMatrix, PrefillCapture, recycle_prompt
 from decodekit_speculative.trees import TreeInfo
 
@@ -52,6 +53,9 @@ RESUME_PRIOR = 0.5                                          # a copy resumed aft
 RECYCLING_PRIOR_TOP = 0.45                                  # rank r: 0.45 * 0.45^r
 COLD_PRIOR_TOP = 0.2                                        # a fallback root child of rank r: 0.2 * 0.5^r
 MODEL_PRIOR = 0.6
+RECYCLING_CANDIDATES = 2   # token recycling's candidate tree: this many times max_draft_tokens nodes
+RECYCLING_REFRESH = 0.04   # token recycling: tokens a drafted node is worth beyond its own acceptance (the row
+                           # of M it refreshes); see _recycling_plan
 
 
 @dataclass
@@ -60,7 +64,7 @@ class CallState:
 
     step: int = 0
     drafts: list[Draft | None] = field(default_factory=list)
-    info: list[Any] = field(default_factory=list)  # per row: lookup statistics key, or recycling ranks
+    info: list[Any] = field(default_factory=list)  # per row: what the proposer's statistics need
     proposed: float = 0.0                          # perf_counter when propose began
     started: float = 0.0                           # perf_counter when the target pass began
     width: int = 1                                 # new tokens per row in that pass (1 + nodes)
@@ -69,6 +73,7 @@ class CallState:
     offsets: dict[int, int | None] = field(default_factory=dict)  # prompt lookup: each row's copy offset
     counted: list[int] = field(default_factory=list)  # token recycling: tokens of each row counted so far
     prefill: PrefillCapture | None = None             # token recycling: the prefill's hidden states
+    sighted: list[Sighted] = field(default_factory=list)  # token recycling: candidate trees to count
 
     @property
     def rows(self) -> int:
@@ -76,12 +81,14 @@ class CallState:
         return len(self.active)
 
 
-class RecyclingNodes(NamedTuple):
-    """What a token-recycling draft records for the statistics: each node's rank, and whether the
-    root's children came from the fallback (the last token had no row in the matrix)."""
+class Sighted(NamedTuple):
+    """A token-recycling candidate tree instantiated for row ``row`` when it held ``start`` tokens,
+    waiting for the tokens committed after it (hindsight.py)."""
 
-    ranks: list[int]
-    cold: bool
+    row: int
+    start: int
+    tree: HindsightTree
+    tokens: list[int]
 
 
 class Speculative:
@@ -119,8 +126,13 @@ class Speculative:
         if o.proposer == "prompt_lookup" and pipeline.tokenizer is not None:
             self.word_starts = lookup.word_starts(pipeline.tokenizer, self.vocab_size)
         k = min(o.top_k, self.vocab_size)
-        self.recycling_stats = RankStats([RECYCLING_PRIOR_TOP ** (r + 1) for r in range(k)])
-        self.cold_stats = RankStats([COLD_PRIOR_TOP * 0.5 ** r for r in range(k)])  # fallback root children
+        # token recycling's candidate trees, from a row of the matrix or from the fallback root
+        candidates = RECYCLING_CANDIDATES * o.max_draft_tokens
+        warm = [RECYCLING_PRIOR_TOP ** (r + 1) for r in range(k)]
+        cold = [COLD_PRIOR_TOP * 0.5 ** r for r in range(k)]
+        self.warm_tree = HindsightTree(tree_template(warm, candidates))
+        self.cold_tree = HindsightTree([(parent, rank, reach) for parent, _, rank, reach in
+                                        depth_tree_template([cold] + [warm] * (candidates - 1), candidates)])
         self.model_stats = RankStats([MODEL_PRIOR])
         if draft_model is not None and o.proposer != "draft_model":
             raise ValueError(f"a draft_model object is only used by proposer draft_model, not {o.proposer}")
@@ -189,7 +201,7 @@ class Speculative:
         st.drafts, st.info = [None] * B, [None] * B
         if gen.rows_per_prompt > 1:  # beam search: its rows are reordered; this plugin stays out
             return None
-        active = [b for b in range(B) if not gen.done[b]]
+        st.active = active = [b for b in range(B) if not gen.done[b]]
         cost = self._cost_fn(st, len(active))
         # rows that draft: none on the prefill of a model whose prefill is one call over the prompt
         # (bfloat16 on a CPU, decodekit/invariant_attention.py): a draft riding on it would change
@@ -207,7 +219,6 @@ class Speculative:
             st.drafts, st.info = self.heads.propose(gen, drafting, cost)
         else:
             self._propose_model(gen, st, drafting, cost)
-        st.active = active
         st.width = 1 + max((len(d) for d in st.drafts if d is not None), default=0)
         st.started = time.perf_counter()
         return st.drafts
@@ -241,6 +252,8 @@ class Speculative:
         for b, (d, v) in enumerate(zip(st.drafts, decision.verdicts)):
             if d is not None:
                 self._observe(d, st.info[b], v.accepted)
+        if st.sighted:
+            st.sighted = [s for s in st.sighted if not self._count_sighted(generation, s)]
         if st.prefill is not None:  # the first pass was the prefill: recycle its scores of the prompts
             hidden = st.prefill.take()
             st.prefill = None
@@ -256,7 +269,7 @@ class Speculative:
             for b, tokens in enumerate(generation.tokens):
                 self.matrix.count(tokens[st.counted[b]:])
                 st.counted[b] = len(tokens)
-        for s in [*self.lookup_stats.values(), self.recycling_stats, self.cold_stats, self.model_stats]:
+        for s in [*self.lookup_stats.values(), self.model_stats]:
             s.step()
         for tree_stats in (self.aded, self.dytree):
             if tree_stats is not None:
@@ -275,6 +288,10 @@ class Speculative:
         st: CallState | None = generation.scratch(self).get("state")
         if st is not None and st.prefill is not None:
             st.prefill.close()
+        if st is not None:  # the rows stopped: what is committed is all the continuation there is
+            for s in st.sighted:
+                self._count_sighted(generation, s, final=True)
+            st.sighted = []
         return None
 
     # -- the ledger ----------------------------------------------------------------------------
@@ -342,33 +359,45 @@ class Speculative:
         plain pass is not timed yet counts as yes."""
         if self.costs.measured and not self.costs.trusted(rows, 1):
             return True
-        return bool(self._recycling_template(self._cost_fn(None, rows)))
+        return bool(self._recycling_plan(self.warm_tree, self._cost_fn(None, rows)))
 
-    def _recycling_template(self, cost, cold: bool = False) -> list[tuple[int, int, float]]:
-        """The tree template for a row whose last token has a row in the matrix, or for a ``cold``
-        one: its root's children come from the fallback, with their own rates; deeper nodes as usual."""
-        o = self.options
-        rates = self.recycling_stats.rate()
-        if not cold:
-            return plan_tree(rates, o.max_draft_tokens, cost) if o.adaptive else tree_template(rates, o.max_draft_tokens)
-        by_depth = [self.cold_stats.rate()] + [rates] * (o.max_draft_tokens - 1)
-        if o.adaptive:
-            template = plan_depth_tree(by_depth, o.max_draft_tokens, cost)
-        else:
-            template = depth_tree_template(by_depth, o.max_draft_tokens)
-        return [(parent, rank, reach) for parent, _, rank, reach in template]
+    def _recycling_plan(self, tree: HindsightTree, cost) -> list[int]:
+        """The candidate nodes to draft (hindsight.py). Every drafted node, accepted or not, also
+        refreshes the row of ``M`` for its token, which later drafts read, so the planner counts it
+        ``RECYCLING_REFRESH`` tokens more than its own chance of acceptance. Without that the
+        planner, which sees only the step at hand, drafted about half the nodes that paid on the
+        speculative benchmark's chat set with the bfloat16 kernels; bigger trees there made every
+        later step's candidate tree worth more in hindsight, which a planner per step cannot see.
+        The value was tuned there (0.02-0.05 all drafted bigger trees than 0)."""
+        return tree.plan(self.options.max_draft_tokens, cost if self.options.adaptive else None, RECYCLING_REFRESH)
 
-    def _propose_recycling(self, gen: Generation, st: CallState, active: list[int], cost) -> None:
-        templates: dict[bool, list[tuple[int, int, float]]] = {}  # by coldness, planned when first needed
-        for b in active:
+    def _propose_recycling(self, gen: Generation, st: CallState, drafting: list[int], cost) -> None:
+        """Instantiate the candidate tree for every decoding row (counted in hindsight once the
+        text after it is committed, drafted or not) and draft the planned part of it."""
+        plans: dict[int, list[int]] = {}  # by id of the tree, planned when first needed
+        for b in st.active:
             last = gen.tokens[b][-1]
-            root = None if self.matrix.has_row(last) else self.matrix.fallback()
-            cold = root is not None
-            if cold not in templates:
-                templates[cold] = self._recycling_template(cost, cold)
-            if templates[cold]:
-                draft, ranks = self.matrix.draft(last, templates[cold], root)
-                st.drafts[b], st.info[b] = draft, RecyclingNodes(ranks, cold)
+            warm = self.matrix.has_row(last)
+            root = None if warm else self.matrix.fallback()
+            if not warm and root is None:
+                continue  # nothing to draft from yet
+            tree = self.warm_tree if warm else self.cold_tree
+            tokens = self.matrix.instantiate(last, tree.template, root)
+            st.sighted.append(Sighted(b, len(gen.tokens[b]), tree, tokens))
+            if b in drafting:
+                if id(tree) not in plans:
+                    plans[id(tree)] = self._recycling_plan(tree, cost)
+                st.drafts[b] = tree.draft(tokens, plans[id(tree)])
+
+    @staticmethod
+    def _count_sighted(gen: Generation, s: Sighted, final: bool = False) -> bool:
+        """Count ``s`` if the tokens committed since tell which of its nodes verification would
+        have accepted; whether it was counted."""
+        path = s.tree.matched(s.tokens, gen.tokens[s.row][s.start:], final or gen.done[s.row])
+        if path is None:
+            return False
+        s.tree.observe(path)
+        return True
 
     def _propose_model(self, gen: Generation, st: CallState, active: list[int], cost) -> None:
         o = self.options
@@ -400,17 +429,7 @@ class Speculative:
         if proposer == "heads":
             self.heads.observe(draft, info, accepted)
             return
-        if proposer == "token_recycling":
-            ranks, cold = info
-            node = -1
-            for depth in range(len(accepted) + 1):
-                nxt = accepted[depth] if depth < len(accepted) else None
-                stats = self.cold_stats if cold and depth == 0 else self.recycling_stats
-                for c in draft.children(node):
-                    stats.observe(ranks[c], c == nxt)
-                if nxt is None:
-                    break
-                node = nxt
+        if proposer == "token_recycling":  # counted in hindsight instead (advance)
             return
         stats = self.lookup_stats[info] if proposer == "prompt_lookup" else self.model_stats
         k = len(accepted)

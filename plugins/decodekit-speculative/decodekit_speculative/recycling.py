@@ -5,11 +5,13 @@ last time it scored a position right after ``t`` (``-1`` = never seen). Every ta
 the root and every draft node, so each pass refreshes up to ``1 + N`` rows of ``M`` for free,
 rejected nodes included: the "trash" that is recycled.
 
-A draft is a *static* tree template of ``(parent, rank)`` pairs instantiated breadth-first: a
-node of rank ``r`` under a node holding token ``t`` holds ``M[t, r]``; the root's children
-follow the row's last committed token. A template node whose parent token has no row in ``M``
-yet is dropped together with its subtree. Siblings hold distinct tokens (distinct top-k
-entries), which recursive rejection sampling with one-hot q needs.
+A draft comes from a *candidate tree* of ``(parent, rank)`` pairs instantiated breadth-first
+(:meth:`AdjacencyMatrix.instantiate`): a node of rank ``r`` under a node holding token ``t``
+holds ``M[t, r]``; the root's children follow the row's last committed token. A node whose
+parent token has no row in ``M`` yet is missing, and so is its subtree. Siblings hold distinct
+tokens (distinct top-k entries), which recursive rejection sampling with one-hot q needs. Which
+part of the candidate tree is drafted is planned from each node's value counted in hindsight
+(hindsight.py), drafted or not.
 
 Two ways to have a row for more tokens sooner (both only change which drafts are proposed):
 
@@ -20,7 +22,7 @@ Two ways to have a row for more tokens sooner (both only change which drafts are
 * **A fallback root**: a token first met as verify's bonus token has no row yet, and the step
   would draft nothing. The root's children are then the ``k`` tokens committed most often so far
   (:meth:`AdjacencyMatrix.fallback`, a unigram count over every call), and deeper nodes follow
-  ``M`` as usual. These drafts keep acceptance statistics of their own (they are "cold").
+  ``M`` as usual. Such "cold" candidate trees are counted apart from the others.
 
 The matrix and the counts persist across calls of the same pipeline on purpose (as in the paper):
 what one answer taught about the target's next-token candidates helps the next answer.
@@ -79,42 +81,27 @@ class AdjacencyMatrix:
         top = reductions.topk(logits.float(), self.k)[1].cpu()  # [n, k]
         self.M[prev_tokens.cpu()] = top
 
-    def draft(self, last_token: int, template: list[tuple[int, int, float]],
-              root: list[int] | None = None) -> tuple[Draft | None, list[int]]:
-        """Instantiate ``template`` after ``last_token``; returns the draft and each node's rank.
+    def instantiate(self, last_token: int, template: list[tuple[int, int]], root: list[int] | None = None
+                    ) -> list[int]:
+        """The token of every ``(parent, rank)`` node of ``template`` (parents first) after
+        ``last_token``: ``M[parent's token, rank]``, ``M[last_token, rank]`` under the root; ``-1``
+        where the parent's token has no row yet, and then for its subtree too.
 
         ``root``: candidates for the root's children instead of ``M[last_token]`` (a fallback)."""
         rows: dict[int, list[int]] = {}  # M's rows read so far, as lists (one read per token)
-
-        def candidate(token: int, rank: int) -> int:
-            if token not in rows:
-                rows[token] = self.M[token].tolist()
-            return rows[token][rank]
-
         tokens: list[int] = []
-        parents: list[int] = []
-        ranks: list[int] = []
-        where: list[int] = []  # template index -> draft node index, -2 if dropped
-        for parent, rank, _ in template:
-            if parent == -1:
-                d_parent = -1
-                tok = root[rank] if root is not None else candidate(last_token, rank)
-            else:
-                d_parent = where[parent]
-                if d_parent == -2:
-                    where.append(-2)
-                    continue
-                tok = candidate(tokens[d_parent], rank)
-            if tok < 0:
-                where.append(-2)
+        for parent, rank in template:
+            if parent == -1 and root is not None:
+                tokens.append(root[rank])
                 continue
-            where.append(len(tokens))
-            tokens.append(tok)
-            parents.append(d_parent)
-            ranks.append(rank)
-        if not tokens:
-            return None, []
-        return Draft(tokens, parents), ranks
+            before = last_token if parent == -1 else tokens[parent]  # the token this node follows
+            if before < 0:
+                tokens.append(-1)
+                continue
+            if before not in rows:
+                rows[before] = self.M[before].tolist()
+            tokens.append(rows[before][rank])
+        return tokens
 
 
 class PrefillCapture:

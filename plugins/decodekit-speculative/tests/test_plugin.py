@@ -12,6 +12,7 @@ from decodekit import ConfigError, Pipeline
 from decodekit.plugins import get_registry
 from decodekit.testing import tiny_model
 from decodekit_speculative import layerskip, lookup, planning
+from decodekit_speculative.hindsight import HindsightTree
 from decodekit_speculative.recycling import AdjacencyMatrix, PrefillCapture
 
 from speculative_helpers import speculative
@@ -138,8 +139,6 @@ def test_tree_template_is_a_tree_in_best_first_order():
         assert abs(r - want) < 1e-12
     kids = {(p, r) for p, r, _ in t}
     assert len(kids) == len(t)  # no duplicate (parent, rank): siblings differ
-    assert planning.plan_tree(rates, 20, lambda n: 1.0 + 10.0 * (n > 0)) == []
-    assert len(planning.plan_tree(rates, 20, lambda n: 1.0)) == 20
 
 
 def test_cost_model_interpolates_and_records():
@@ -240,17 +239,20 @@ def test_planned_cost_scales_the_drafters_own_time_with_the_ledger(tok, llama, p
 
 # -- token recycling --------------------------------------------------------------------------
 
-def test_adjacency_matrix_drafts_the_template_breadth_first():
+def test_adjacency_matrix_instantiates_the_template_breadth_first():
     M = AdjacencyMatrix(vocab_size=10, k=3)
     logits = torch.zeros(2, 10)
     logits[0, [5, 6, 7]] = torch.tensor([3.0, 2.0, 1.0])   # after token 1: 5, 6, 7
     logits[1, [8, 9, 2]] = torch.tensor([3.0, 2.0, 1.0])   # after token 5: 8, 9, 2
     M.update(torch.tensor([1, 5]), logits)
-    template = [(-1, 0, 0.5), (-1, 1, 0.2), (0, 0, 0.25), (1, 0, 0.1), (0, 2, 0.05)]
-    draft, ranks = M.draft(1, template)
-    # node 3 (child of token 6) is dropped: nothing is known after 6
-    assert draft.tokens == [5, 6, 8, 2] and draft.parents == [-1, -1, 0, 0] and ranks == [0, 1, 0, 2]
-    assert M.draft(4, template) == (None, [])
+    template = [(-1, 0), (-1, 1), (0, 0), (1, 0), (0, 2), (3, 0)]
+    # node 3 (child of token 6) is missing: nothing is known after 6; so is its child, node 5
+    assert M.instantiate(1, template) == [5, 6, 8, -1, 2, -1]
+    assert M.instantiate(4, template) == [-1] * 6
+    tree = HindsightTree([(p, r, 0.1) for p, r in template])
+    draft = tree.draft(M.instantiate(1, template), [0, 1, 2, 3, 4])
+    assert draft.tokens == [5, 6, 8, 2] and draft.parents == [-1, -1, 0, 0]
+    assert tree.draft([-1] * 6, [0, 1]) is None
 
 
 def test_adjacency_matrix_falls_back_to_the_most_committed_tokens():
@@ -263,10 +265,9 @@ def test_adjacency_matrix_falls_back_to_the_most_committed_tokens():
     logits[0, [1, 3, 5]] = torch.tensor([3.0, 2.0, 1.0])
     M.update(torch.tensor([4]), logits)            # after 4: 1, 3, 5
     assert not M.has_row(8) and M.has_row(4)
-    template = [(-1, 0, 0.2), (-1, 1, 0.1), (0, 0, 0.1), (1, 0, 0.05)]
-    draft, ranks = M.draft(8, template, root=M.fallback())
+    template = [(-1, 0), (-1, 1), (0, 0), (1, 0)]
     # the root's children come from the fallback; below them the matrix as usual (nothing after 7)
-    assert draft.tokens == [4, 7, 1] and draft.parents == [-1, -1, 0] and ranks == [0, 1, 0]
+    assert M.instantiate(8, template, root=M.fallback()) == [4, 7, 1, -1]
 
 
 def test_the_fallback_kept_up_to_date_equals_a_recount():
@@ -324,7 +325,7 @@ def test_recycling_drafts_from_the_fallback_and_stays_exact(tok, llama):
     plug = pipe.plugins[0][1]
     for prompt in ["hello there", "a b c d", "zebra"]:
         assert pipe.generate(prompt).token_ids == plain.generate(prompt).token_ids
-    assert sum(plug.cold_stats.visits) > 0  # some steps started from a token without a row
+    assert plug.cold_tree.visits > 0  # some steps started from a token without a row
 
 
 def test_recycling_matrix_persists_across_calls(tok, llama):
