@@ -39,8 +39,8 @@ from decodekit_speculative.aded import AdedTable
 from decodekit_speculative.drafter import DrafterState, ModelDrafter
 from decodekit_speculative.dynamic_tree import DynamicTree
 from decodekit_speculative.heads import DraftHeads, HeadProposer
-from decodekit_speculative.options import SpeculativeOptions
 from decodekit_speculative.hindsight import HindsightTree
+from decodekit_speculative.options import SpeculativeOptions
 from decodekit_speculative.planning import (CostModel, DraftLedger, RankStats, depth_tree_template, plan_chain,
                                             tree_template)
 from decodekit_speculative.recycling import AdjacencyMatrix, PrefillCapture, recycle_prompt
@@ -125,14 +125,6 @@ class Speculative:
         self.word_starts = None  # prompt_lookup: which tokens begin a word (to resume a copy)
         if o.proposer == "prompt_lookup" and pipeline.tokenizer is not None:
             self.word_starts = lookup.word_starts(pipeline.tokenizer, self.vocab_size)
-        k = min(o.top_k, self.vocab_size)
-        # token recycling's candidate trees, from a row of the matrix or from the fallback root
-        candidates = RECYCLING_CANDIDATES * o.max_draft_tokens
-        warm = [RECYCLING_PRIOR_TOP ** (r + 1) for r in range(k)]
-        cold = [COLD_PRIOR_TOP * 0.5 ** r for r in range(k)]
-        self.warm_tree = HindsightTree(tree_template(warm, candidates))
-        self.cold_tree = HindsightTree([(parent, rank, reach) for parent, _, rank, reach in
-                                        depth_tree_template([cold] + [warm] * (candidates - 1), candidates)])
         self.model_stats = RankStats([MODEL_PRIOR])
         if draft_model is not None and o.proposer != "draft_model":
             raise ValueError(f"a draft_model object is only used by proposer draft_model, not {o.proposer}")
@@ -140,8 +132,16 @@ class Speculative:
             raise ValueError(f"a draft_heads object is only used by proposer heads, not {o.proposer}")
         if o.proposer == "heads":
             self.heads = HeadProposer(o, pipeline, self.costs, draft_heads)
+        self.warm_tree: HindsightTree | None = None  # token recycling's candidate trees: after a token with
+        self.cold_tree: HindsightTree | None = None  # a row in the matrix, and from the fallback root
         if o.proposer == "token_recycling":
             self.matrix = AdjacencyMatrix(self.vocab_size, o.top_k)
+            candidates = RECYCLING_CANDIDATES * o.max_draft_tokens
+            warm = [RECYCLING_PRIOR_TOP ** (r + 1) for r in range(self.matrix.k)]
+            cold = [COLD_PRIOR_TOP * 0.5 ** r for r in range(self.matrix.k)]
+            self.warm_tree = HindsightTree(tree_template(warm, candidates))
+            self.cold_tree = HindsightTree([(parent, rank, reach) for parent, _, rank, reach in
+                                            depth_tree_template([cold] + [warm] * (candidates - 1), candidates)])
         elif o.proposer == "draft_model":
             self.drafter = ModelDrafter(self._draft_model(draft_model, pipeline), self.vocab_size, self.pad_token_id)
         elif o.proposer == "layer_skip":
