@@ -35,7 +35,6 @@ import weakref
 import torch
 
 from decodekit import reductions
-from decodekit.types import Draft
 
 PROMPT_CHUNK = 256  # prompt positions per LM-head product when recycling the prompt's scores
 
