@@ -365,10 +365,9 @@ class Speculative:
         """The candidate nodes to draft (hindsight.py). Every drafted node, accepted or not, also
         refreshes the row of ``M`` for its token, which later drafts read, so the planner counts it
         ``RECYCLING_REFRESH`` tokens more than its own chance of acceptance. Without that the
-        planner, which sees only the step at hand, drafted about half the nodes that paid on the
-        speculative benchmark's chat set with the bfloat16 kernels; bigger trees there made every
-        later step's candidate tree worth more in hindsight, which a planner per step cannot see.
-        The value was tuned there (0.02-0.05 all drafted bigger trees than 0)."""
+        planner, which sees only the step at hand, drafted smaller trees than the ones that paid
+        best on the speculative benchmark's chat set with the bfloat16 kernels: bigger trees there
+        made every later step's candidate tree worth more in hindsight. The value was tuned there."""
         return tree.plan(self.options.max_draft_tokens, cost if self.options.adaptive else None, RECYCLING_REFRESH)
 
     def _propose_recycling(self, gen: Generation, st: CallState, drafting: list[int], cost) -> None:
