@@ -45,7 +45,6 @@ class HindsightTree:
 
     def __init__(self, template: list[tuple[int, int, float]], weight: float = WEIGHT, decay: float = DECAY):
         self.parents = [p for p, _, _ in template]
-        self.ranks = [r for _, r, _ in template]
         self.prior = [a for _, _, a in template]
         self.template = [(p, r) for p, r, _ in template]
         self.children: dict[int, list[int]] = {-1: []}
@@ -56,9 +55,6 @@ class HindsightTree:
         self.hits = [0.0] * len(template)
         self.visits = 0.0
 
-    def __len__(self) -> int:
-        return len(self.parents)
-
     def reach(self) -> list[float]:
         """Estimated chance that each candidate node is accepted."""
         w, v = self.weight, self.visits + self.weight
@@ -66,8 +62,8 @@ class HindsightTree:
 
     def plan(self, max_nodes: int, cost: Callable[[int], float] | None, bonus: float = 0.0) -> list[int]:
         """The candidate nodes to draft, parents first: the ``N <= max_nodes`` with the highest
-        ``reach``, ``N`` maximising ``(1 + sum reach) / cost(N)`` (all ``max_nodes`` when ``cost``
-        is None)."""
+        ``reach``, ``N`` maximising ``(1 + sum (reach + bonus)) / cost(N)`` (all ``max_nodes`` when
+        ``cost`` is None). ``bonus``: what a drafted node is worth beyond its own acceptance."""
         reach = self.reach()
         order = sorted(range(len(reach)), key=lambda i: (-reach[i], i))[:max_nodes]
         if cost is None:
