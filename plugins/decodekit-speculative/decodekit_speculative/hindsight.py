@@ -60,15 +60,15 @@ class HindsightTree:
         w, v = self.weight, self.visits + self.weight
         return [(h + w * p) / v for h, p in zip(self.hits, self.prior)]
 
-    def plan(self, max_nodes: int, cost: Callable[[int], float] | None, bonus: float = 0.0) -> list[int]:
+    def plan(self, max_nodes: int, cost: Callable[[int], float] | None) -> list[int]:
         """The candidate nodes to draft, parents first: the ``N <= max_nodes`` with the highest
-        ``reach``, ``N`` maximising ``(1 + sum (reach + bonus)) / cost(N)`` (all ``max_nodes`` when
-        ``cost`` is None). ``bonus``: what a drafted node is worth beyond its own acceptance."""
+        ``reach``, ``N`` maximising ``(1 + sum reach) / cost(N)`` (all ``max_nodes`` when ``cost``
+        is None)."""
         reach = self.reach()
         order = sorted(range(len(reach)), key=lambda i: (-reach[i], i))[:max_nodes]
         if cost is None:
             return order
-        return order[:best_prefix([reach[i] + bonus for i in order], cost)]
+        return order[:best_prefix([reach[i] for i in order], cost)]
 
     def draft(self, tokens: list[int], chosen: list[int]) -> Draft | None:
         """The draft of the ``chosen`` nodes (parents first) of an instantiated candidate tree

@@ -54,8 +54,6 @@ RECYCLING_PRIOR_TOP = 0.45                                  # rank r: 0.45 * 0.4
 COLD_PRIOR_TOP = 0.2                                        # a fallback root child of rank r: 0.2 * 0.5^r
 MODEL_PRIOR = 0.6
 RECYCLING_CANDIDATES = 2   # token recycling's candidate tree: this many times max_draft_tokens nodes
-RECYCLING_REFRESH = 0.04   # token recycling: tokens a drafted node is worth beyond its own acceptance (the row
-                           # of M it refreshes); see _recycling_plan
 
 
 @dataclass
@@ -362,13 +360,9 @@ class Speculative:
         return bool(self._recycling_plan(self.warm_tree, self._cost_fn(None, rows)))
 
     def _recycling_plan(self, tree: HindsightTree, cost) -> list[int]:
-        """The candidate nodes to draft (hindsight.py). Every drafted node, accepted or not, also
-        refreshes the row of ``M`` for its token, which later drafts read, so the planner counts it
-        ``RECYCLING_REFRESH`` tokens more than its own chance of acceptance. Without that the
-        planner, which sees only the step at hand, drafted smaller trees than the ones that paid
-        best on the speculative benchmark's chat set with the bfloat16 kernels: bigger trees there
-        made every later step's candidate tree worth more in hindsight. The value was tuned there."""
-        return tree.plan(self.options.max_draft_tokens, cost if self.options.adaptive else None, RECYCLING_REFRESH)
+        """The candidate nodes to draft (hindsight.py): all ``max_draft_tokens`` with
+        ``adaptive: false``."""
+        return tree.plan(self.options.max_draft_tokens, cost if self.options.adaptive else None)
 
     def _propose_recycling(self, gen: Generation, st: CallState, drafting: list[int], cost) -> None:
         """Instantiate the candidate tree for every decoding row (counted in hindsight once the
