@@ -49,7 +49,7 @@ class HindsightTree:
         self.template = [(p, r) for p, r, _ in template]
         self.children: dict[int, list[int]] = {-1: []}
         for i, p in enumerate(self.parents):
-            self.children.setdefault(p, []).append(i)
+            self.children[p].append(i)  # p is -1 or an earlier node: its list exists
             self.children[i] = []
         self.weight, self.decay = weight, decay
         self.hits = [0.0] * len(template)
@@ -96,10 +96,11 @@ class HindsightTree:
             if len(path) == len(continuation):
                 return path if final else None
             nxt = continuation[len(path)]
-            node = next((c for c in present if tokens[c] == nxt), -2)
-            if node == -2:
+            hit = next((c for c in present if tokens[c] == nxt), None)
+            if hit is None:
                 return path
-            path.append(node)
+            path.append(hit)
+            node = hit
 
     def observe(self, path: list[int]) -> None:
         """Count one instantiated step whose matched nodes were ``path``."""
